@@ -1,0 +1,47 @@
+"""ddpm_ref: the reference DDPM of the course (Ho et al. 2020), in plain PyTorch.
+
+Layers, each importing only those before it: schedule → diffusion → samplers → unet → metrics.
+Timesteps are 0-based (t ∈ {0, …, T−1}); images are [B, C, H, W] in [−1, 1].
+"""
+
+from .diffusion import ddpm_loss, predict_eps, predict_x0, q_posterior, q_sample
+from .metrics import psnr, ssim
+from .oracle import GaussianMixtureOracle
+from .samplers import ddim_sample, ddim_step, ddim_timesteps, p_sample, p_sample_loop, reconstruct, sample
+from .schedule import (
+    NoiseSchedule,
+    cosine_beta_schedule,
+    linear_beta_schedule,
+    make_betas,
+    scaled_linear_beta_schedule,
+)
+from .unet import ResBlock, SelfAttention, SinusoidalTimeEmbedding, UNet
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GaussianMixtureOracle",
+    "NoiseSchedule",
+    "ResBlock",
+    "SelfAttention",
+    "SinusoidalTimeEmbedding",
+    "UNet",
+    "cosine_beta_schedule",
+    "ddim_sample",
+    "ddim_step",
+    "ddim_timesteps",
+    "ddpm_loss",
+    "linear_beta_schedule",
+    "make_betas",
+    "p_sample",
+    "p_sample_loop",
+    "predict_eps",
+    "predict_x0",
+    "psnr",
+    "q_posterior",
+    "q_sample",
+    "reconstruct",
+    "sample",
+    "scaled_linear_beta_schedule",
+    "ssim",
+]

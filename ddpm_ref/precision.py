@@ -1,0 +1,47 @@
+"""Mixed-precision policy: which autocast dtype a device should use, and whether it needs a GradScaler.
+
+GPUs of compute capability ≥ 8 (Ampere and later) run bf16 natively: bf16 autocast, no scaler.
+Older GPUs (the T4 is 7.5) report bf16 as supported but emulate it slowly: fp16 autocast with a GradScaler.
+On the CPU autocast is off unless asked for (``amp="bf16"``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import torch
+
+__all__ = ["AmpMode", "resolve_amp_dtype", "autocast", "needs_grad_scaler"]
+
+AmpMode = Literal["auto", "off", "fp16", "bf16"]
+
+
+def resolve_amp_dtype(device: torch.device | str, amp: AmpMode = "auto") -> torch.dtype | None:
+    """The autocast dtype for ``device`` under ``amp`` (None: full fp32)."""
+    device = torch.device(device)
+    if amp == "off":
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp != "auto":
+        raise ValueError(f"amp must be one of 'auto', 'off', 'fp16', 'bf16', got {amp!r}")
+    if device.type == "cuda":
+        major, _ = torch.cuda.get_device_capability(device)
+        return torch.bfloat16 if major >= 8 else torch.float16
+    return None
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for the device when dtype is set, else a no-op context."""
+    device = torch.device(device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def needs_grad_scaler(device: torch.device | str, dtype: torch.dtype | None) -> bool:
+    """fp16 gradients underflow without loss scaling; bf16 and fp32 need none."""
+    return dtype == torch.float16 and torch.device(device).type == "cuda"
