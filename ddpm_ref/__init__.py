@@ -45,3 +45,23 @@ __all__ = [
     "scaled_linear_beta_schedule",
     "ssim",
 ]
+
+# Training engine, data and checkpoints: data → (config, ema, checkpoint) → train.
+from .checkpoint import load_pretrained_lfw_tiny, model_from_checkpoint  # noqa: E402
+from .config import PRESETS, TrainConfig, get_config  # noqa: E402
+from .data import ImageFolderDataset, lfw_faces, synthetic_faces  # noqa: E402
+from .train import Trainer, TrainResult, train_step  # noqa: E402
+
+__all__ += [
+    "PRESETS",
+    "ImageFolderDataset",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "get_config",
+    "lfw_faces",
+    "load_pretrained_lfw_tiny",
+    "model_from_checkpoint",
+    "synthetic_faces",
+    "train_step",
+]
