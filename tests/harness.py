@@ -5,6 +5,10 @@ reference's definitions), that raises ``AssertionError`` with a message a studen
 (what was expected, what came out, a hint). Register it for an exercise with ``@check("q_sample")``;
 pytest collects it like any ``test_*`` function (the ``impl`` fixture lives in conftest.py).
 
+A check uses ``impl.<its exercise's name>`` and nothing else from ``impl``: every other piece comes from
+``ddpm_ref``. While a check runs, :func:`isolated` also points the other exercises' names inside the
+checked definition's globals at ``ddpm_ref`` (a wrong ``p_sample`` never fails the checks of ``sample``).
+
 In a notebook::
 
     from tests.harness import run_checks
@@ -15,22 +19,56 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import signal
 import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 CheckFn = Callable[[Any], None]
+
+#: the exercises of the course, in lesson order (the registry keys the notebooks use)
+EXERCISES: tuple[str, ...] = (
+    "linear_beta_schedule", "cosine_beta_schedule", "NoiseSchedule",  # lesson 1
+    "q_sample", "predict_x0", "q_posterior",  # lesson 2
+    "SinusoidalTimeEmbedding", "ResBlock", "SelfAttention", "UNet",  # lesson 3
+    "ddpm_loss", "train_step",  # lesson 4
+    "p_sample", "sample",  # lesson 5
+    "reconstruct", "psnr", "ssim",  # lesson 6
+    "ddim_step", "ddim_sample",  # lesson 7
+)
 
 #: exercise name → list of check functions, in definition order
 REGISTRY: dict[str, list[CheckFn]] = {}
 
 TESTS_DIR = Path(__file__).resolve().parent
+
+
+class MissingDefinition(AttributeError):
+    """Raised when a check asks ``impl`` for a name it does not define (pytest skips, run_checks fails)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"define `{name}` first (run the cell that defines it), then run the check again")
+        self.name = name
+
+
+class CheckSkipped(Exception):  # noqa: N818 (reads as a state, like pytest's Skipped)
+    """Raised by a check that cannot apply to this implementation (pytest skips, run_checks prints it)."""
+
+
+class Impl(SimpleNamespace):
+    """The definitions under test, as attributes; asking for a missing one raises :class:`MissingDefinition`."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise MissingDefinition(name)
 
 
 def check(*exercises: str, hidden: bool = False) -> Callable[[CheckFn], CheckFn]:
@@ -48,13 +86,30 @@ def check(*exercises: str, hidden: bool = False) -> Callable[[CheckFn], CheckFn]
     return deco
 
 
+def check_name(fn: CheckFn) -> str:
+    """The name a check is shown and reported under: its function name without ``test_``."""
+    return fn.__name__.removeprefix("test_")
+
+
 def load_all_checks() -> None:
-    """Import every ``tests/test_*.py`` module so that their checks register."""
+    """Import every ``tests/test_*.py`` module that registers checks (the ones that use ``@check(``).
+
+    Modules without checks (cross-checks against diffusers, notebook tests) are not imported, so that a
+    notebook needs neither pytest nor diffusers; a module that fails to import is reported, not fatal.
+    """
     root = str(TESTS_DIR.parent)
     if root not in sys.path:
         sys.path.insert(0, root)
     for path in sorted(TESTS_DIR.glob("test_*.py")):
-        importlib.import_module(f"tests.{path.stem}")
+        name = f"tests.{path.stem}"
+        if name in sys.modules:
+            continue
+        try:
+            if "@check(" not in path.read_text(encoding="utf-8"):
+                continue
+            importlib.import_module(name)
+        except Exception as e:  # one broken test file must not stop grading
+            warnings.warn(f"could not load checks from {path.name}: {type(e).__name__}: {e}", stacklevel=2)
 
 
 class CheckTimeout(AssertionError):
@@ -70,7 +125,7 @@ def time_limit(seconds: float) -> Iterator[None]:
         return
 
     def on_alarm(signum: int, frame: Any) -> None:
-        raise CheckTimeout(f"took longer than {seconds:.0f} s: is there an endless loop?")
+        raise CheckTimeout(f"took longer than {seconds:g} s: is there an endless loop?")
 
     old = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -82,10 +137,83 @@ def time_limit(seconds: float) -> Iterator[None]:
 
 
 def as_impl(namespace: Mapping[str, Any] | Any) -> Any:
-    """A notebook's ``globals()`` (or any mapping) as an attribute namespace; other objects pass through."""
+    """A notebook's ``globals()``, any mapping or a module as an :class:`Impl`; an Impl passes through."""
+    if isinstance(namespace, Impl):
+        return namespace
     if isinstance(namespace, Mapping):
-        return SimpleNamespace(**{k: v for k, v in namespace.items() if not k.startswith("__")})
-    return namespace
+        items = dict(namespace)
+    elif isinstance(namespace, ModuleType):
+        items = dict(vars(namespace))
+    else:
+        return namespace
+    impl = Impl(**{k: v for k, v in items.items() if not k.startswith("__")})
+    if isinstance(namespace, ModuleType):
+        impl._origin = namespace.__name__
+    return impl
+
+
+def _definition(impl: Any, name: str) -> Any:
+    if isinstance(impl, SimpleNamespace):
+        return vars(impl).get(name)
+    return getattr(impl, name, None)
+
+
+def _globals_of(obj: Any) -> list[dict[str, Any]]:
+    """The globals dicts that the code of a function or class (its own methods) runs in."""
+    fns: list[Any] = []
+    if inspect.isclass(obj):
+        for klass in obj.__mro__:
+            if klass.__module__.split(".")[0] in ("builtins", "torch", "ddpm_ref"):
+                continue
+            for member in vars(klass).values():
+                member = getattr(member, "__func__", member)  # staticmethod / classmethod
+                if isinstance(member, property):
+                    member = member.fget
+                if inspect.isfunction(member):
+                    fns.append(member)
+    elif inspect.isfunction(obj):
+        fns.append(obj)
+    seen: dict[int, dict[str, Any]] = {}
+    for fn in fns:
+        seen.setdefault(id(fn.__globals__), fn.__globals__)
+    return list(seen.values())
+
+
+@contextlib.contextmanager
+def isolated(impl: Any, exercise: str) -> Iterator[None]:
+    """While checking ``exercise``, make its definition call ``ddpm_ref`` for every *other* exercise.
+
+    The names are swapped in the definition's globals (the notebook's namespace) and restored afterwards,
+    so a mistake in ``p_sample`` cannot fail the checks of ``sample``.
+    """
+    target = _definition(impl, exercise)
+    if target is None:
+        yield
+        return
+    ref = importlib.import_module("ddpm_ref")
+    swapped: list[tuple[dict[str, Any], str, Any]] = []
+    try:
+        for g in _globals_of(target):
+            for other in EXERCISES:
+                if other == exercise or other not in g or not hasattr(ref, other):
+                    continue
+                if g[other] is not getattr(ref, other):
+                    swapped.append((g, other, g[other]))
+                    g[other] = getattr(ref, other)
+        yield
+    finally:
+        for g, name, value in reversed(swapped):
+            g[name] = value
+
+
+def _where(e: BaseException) -> str:
+    """' (line N of fn)' for the deepest frame outside installed libraries, else the deepest frame."""
+    tb = traceback.extract_tb(e.__traceback__)
+    if not tb:
+        return ""
+    own = [f for f in tb if "site-packages" not in f.filename and "/lib/python" not in f.filename]
+    frame = (own or tb)[-1]
+    return f" (line {frame.lineno} of {frame.name})"
 
 
 def run_checks(
@@ -98,8 +226,8 @@ def run_checks(
 ) -> dict[str, str | None]:
     """Run every check of ``exercise`` against ``namespace``; print one line per check.
 
-    Returns {check name: None if passed else the failure message}. Raises AssertionError when any
-    check failed (so nbgrader scores the cell 0), unless ``raise_on_failure`` is False.
+    Returns {check name: None if passed (or skipped) else the failure message}. Raises AssertionError when
+    any check failed (so nbgrader scores the cell 0), unless ``raise_on_failure`` is False.
     ``hidden`` selects only the hidden checks (for nbgrader's hidden test cells).
     """
     load_all_checks()
@@ -109,20 +237,29 @@ def run_checks(
     impl = as_impl(namespace)
     results: dict[str, str | None] = {}
     for fn in fns:
-        name = fn.__name__.removeprefix("test_")
+        name = check_name(fn)
         start = time.perf_counter()
         try:
-            with time_limit(timeout):
+            with time_limit(timeout), isolated(impl, exercise):
                 fn(impl)
             results[name] = None
             print(f"  ✓ {name}  ({time.perf_counter() - start:.1f} s)")
+        except CheckSkipped as e:
+            results[name] = None
+            print(f"  – {name}: skipped ({e})")
+        except MissingDefinition as e:
+            results[name] = str(e)
+            print(f"  ✗ {name}: {results[name]}")
         except AssertionError as e:
             results[name] = str(e) or "assertion failed"
             print(f"  ✗ {name}: {results[name]}")
+        except NotImplementedError as e:
+            results[name] = (
+                f"raised NotImplementedError{_where(e)}: replace `raise NotImplementedError()` with your code"
+            )
+            print(f"  ✗ {name}: {results[name]}")
         except Exception as e:  # a crash in student code is a failed check, with the place it broke
-            tb = traceback.extract_tb(e.__traceback__)
-            where = f" (line {tb[-1].lineno} of {tb[-1].name})" if tb else ""
-            results[name] = f"raised {type(e).__name__}: {e}{where}"
+            results[name] = f"raised {type(e).__name__}: {e}{_where(e)}"
             print(f"  ✗ {name}: {results[name]}")
     failed = [n for n, msg in results.items() if msg is not None]
     print(f"{exercise}: {len(fns) - len(failed)} passed, {len(failed)} failed")
