@@ -1,0 +1,212 @@
+"""Lesson 4 checks: ``ddpm_loss`` (L_simple, eq. 14 / Algorithm 1) and ``train_step`` (one optimizer step).
+
+A two-parameter probe model ε_θ(x_t, t) = w·x_t + b·t/T records what it is called with, so the checks can
+recover the noise from x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε and compute the exact loss and gradients by hand,
+whatever order the implementation draws its random numbers in.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+import ddpm_ref as R
+from tests._asserts import expect_close, expect_float, expect_tensor
+from tests.harness import check
+
+T = 400
+
+
+class Probe(nn.Module):
+    """ε_θ(x_t, t) = w·x_t + b·t/T with scalar parameters w, b; records (x_t, t) of every call."""
+
+    def __init__(self, w: float = 0.5, b: float = 0.3) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(w))
+        self.b = nn.Parameter(torch.tensor(b))
+        self.calls: list[tuple[Tensor, Tensor]] = []
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        self.calls.append((x.detach().clone(), t.detach().clone().long()))
+        return self.w * x + self.b * (t.to(x.dtype) / T).reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def seed_schedule() -> R.NoiseSchedule:
+    return R.NoiseSchedule(R.linear_beta_schedule(T))
+
+
+def batch(b: int, seed: int) -> Tensor:
+    return torch.rand(b, 1, 4, 4, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def recover_noise(x_t: Tensor, t: Tensor, x0: Tensor, s: R.NoiseSchedule) -> Tensor:
+    """ε = (x_t − √ᾱ_t·x0)/√(1 − ᾱ_t), float64."""
+    ab = s.alpha_bars[t].reshape(-1, 1, 1, 1)
+    return (x_t.double() - ab.sqrt() * x0.double()) / (1 - ab).sqrt()
+
+
+def probe_loss_and_grads(w: float, b: float, x_t: Tensor, t: Tensor, eps: Tensor) -> tuple[float, float, float]:
+    """L = mean((w·x_t + b·τ − ε)²), τ = t/T, and its exact gradients dL/dw = mean(2r·x_t), dL/db = mean(2r·τ)."""
+    x = x_t.double()
+    tau = (t.double() / T).reshape(-1, 1, 1, 1).expand_as(x)
+    r = w * x + b * tau - eps
+    return float((r**2).mean()), float((2 * r * x).mean()), float((2 * r * tau).mean())
+
+
+# ---------------------------------------------------------------------------------------- ddpm_loss
+
+
+@check("ddpm_loss")
+def test_ddpm_loss_value(impl) -> None:
+    """With t and noise given: the model sees x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε and t; the loss is mean((ε − ε_θ)²)."""
+    s = seed_schedule()
+    x0 = batch(6, 0)
+    t = torch.tensor([0, 1, 57, 200, 398, 399])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    model = Probe()
+    loss = impl.ddpm_loss(model, x0, s, t=t, noise=noise)
+    expect_tensor(loss, "ddpm_loss(...)", shape=[], hint="return a scalar: the mean over every pixel of the batch")
+    if loss.dtype != torch.float32:
+        raise AssertionError(f"ddpm_loss should be float32, got {loss.dtype}")
+    if not model.calls:
+        raise AssertionError("ddpm_loss never called the model. Hint: eps_pred = model(x_t, t)")
+    x_seen, t_seen = model.calls[0]
+    x_t = (s.alpha_bars[t].sqrt().reshape(-1, 1, 1, 1) * x0 + (1 - s.alpha_bars[t]).sqrt().reshape(-1, 1, 1, 1) * noise)
+    if x_seen.shape != x0.shape or not torch.equal(t_seen, t):
+        raise AssertionError(
+            f"the model should be called as model(x_t, t) with x_t {list(x0.shape)} and the given t {t.tolist()}; "
+            f"it got x {list(x_seen.shape)} and t {t_seen.tolist()}"
+        )
+    expect_close(x_seen, x_t, "the model's input", atol=1e-5, rtol=1e-5, diagnoses=[
+        (x0, "the model must see the noised x_t = q_sample(x0, t, noise), not x0"),
+        (noise, "the model must see the noised x_t = q_sample(x0, t, noise), not the noise"),
+    ], hint="x_t = q_sample(x0, t, noise, schedule)")
+    pred = 0.5 * x_t.double() + 0.3 * (t.double() / T).reshape(-1, 1, 1, 1)
+    expect_close(loss, ((noise.double() - pred) ** 2).mean(), "ddpm_loss", atol=1e-6, rtol=1e-5, diagnoses=[
+        (((x0.double() - pred) ** 2).mean(),
+         "the model predicts the noise ε: compare its output with noise, not with x0 (eq. 14)"),
+        (((noise.double() - pred) ** 2).sum(), "average the squared error (F.mse_loss), do not sum it"),
+        ((noise.double() - pred).abs().mean(), "L_simple is the squared error, not the absolute error"),
+        (((x_t.double() - pred) ** 2).mean(), "compare the model's output with the noise ε, not with x_t"),
+    ], hint="L_simple = mean((ε − ε_θ(x_t, t))²) = F.mse_loss(model(x_t, t), noise)")
+    if not loss.requires_grad:
+        raise AssertionError("ddpm_loss carries no gradient. Hint: do not call .item(), .detach() or torch.no_grad()")
+    loss.backward()
+    if model.w.grad is None or model.b.grad is None:
+        raise AssertionError("the loss does not reach the model's parameters: compute it from model(x_t, t)")
+
+
+@check("ddpm_loss")
+def test_ddpm_loss_default_sampling(impl) -> None:
+    """Without t and noise: one t per sample, uniform on {0, …, T−1}, and ε ~ N(0, I), both from ``generator``."""
+    s = seed_schedule()
+    x0 = batch(512, 2)
+    model = Probe()
+    loss = impl.ddpm_loss(model, x0, s, generator=torch.Generator().manual_seed(0))
+    expect_tensor(loss, "ddpm_loss(model, x0, schedule, generator=g)", shape=[])
+    x_t, t = model.calls[-1]
+    if int(t.min()) < 0 or int(t.max()) > T - 1:
+        raise AssertionError(f"t must lie in {{0, …, {T - 1}}}, got values from {int(t.min())} to {int(t.max())}. "
+                             f"Hint: torch.randint(0, T, (B,)) draws 0 … T−1")
+    distinct = int(t.unique().numel())
+    if distinct < 200 or int(t.min()) > 20 or int(t.max()) < T - 20:
+        raise AssertionError(
+            f"t should be uniform on 0 … {T - 1}, one per sample; 512 draws gave {distinct} distinct values from "
+            f"{int(t.min())} to {int(t.max())}. Hint: torch.randint(0, schedule.T, (x0.shape[0],), generator=generator)"
+        )
+    eps = recover_noise(x_t, t, x0, s)
+    m, sd = float(eps.mean()), float(eps.std())
+    if abs(m) > 0.05 or abs(sd - 1) > 0.05:
+        raise AssertionError(
+            f"the noise should be standard normal; it has mean {m:.3f} and std {sd:.3f}. "
+            "Hint: noise = torch.randn(x0.shape, generator=generator) (randn, not rand)"
+        )
+    expected, _, _ = probe_loss_and_grads(0.5, 0.3, x_t, t, eps)
+    expect_close(loss, expected, "ddpm_loss with t and noise drawn inside", atol=1e-5, rtol=1e-4,
+                 hint="the loss must use the same t and noise that made x_t")
+    first = float(loss.detach())
+    again = float(impl.ddpm_loss(Probe(), x0, s, generator=torch.Generator().manual_seed(0)).detach())
+    other = float(impl.ddpm_loss(Probe(), x0, s, generator=torch.Generator().manual_seed(1)).detach())
+    if again != first or other == first:
+        raise AssertionError(
+            f"the same generator seed should give the same loss and another seed another one; got {first:.6g}, "
+            f"{again:.6g} (same seed), {other:.6g} (other seed). Hint: pass generator=generator to "
+            "torch.randint and torch.randn"
+        )
+
+
+# ---------------------------------------------------------------------------------------- train_step
+
+
+def _run_step(impl, *, grad_clip: float | None, stale_grads: bool, seed: int):
+    s = seed_schedule()
+    x0 = batch(8, seed)
+    model = Probe()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    if stale_grads:  # left over from an earlier step: train_step must clear them
+        model.w.grad, model.b.grad = torch.tensor(5.0), torch.tensor(-3.0)
+    kwargs = {} if grad_clip is None else {"grad_clip": grad_clip}
+    out = impl.train_step(model, opt, x0, s, generator=torch.Generator().manual_seed(seed), **kwargs)
+    if not model.calls:
+        raise AssertionError("train_step never called the model. Hint: loss = ddpm_loss(model, x0, schedule, ...)")
+    x_t, t = model.calls[0]
+    eps = recover_noise(x_t, t, x0, s)
+    loss, gw, gb = probe_loss_and_grads(0.5, 0.3, x_t, t, eps)
+    return out, model, loss, gw, gb
+
+
+def _params(model: Probe) -> Tensor:
+    return torch.stack([model.w.detach(), model.b.detach()]).double()
+
+
+@check("train_step")
+def test_train_step_returns_loss(impl) -> None:
+    """Returns the loss of this step (before the update) as a Python float (loss.item())."""
+    out, model, loss, _, _ = _run_step(impl, grad_clip=1e6, stale_grads=False, seed=0)
+    if out is None:
+        raise AssertionError("train_step returned None. Hint: return loss.item()")
+    value = expect_float(out, "train_step's return value")
+    x_t, t = model.calls[0]
+    s = seed_schedule()
+    after, _, _ = probe_loss_and_grads(float(model.w), float(model.b), x_t, t, recover_noise(x_t, t, batch(8, 0), s))
+    expect_close(value, loss, "train_step's return value", atol=1e-6, rtol=1e-4,
+                 diagnoses=[(after, "return the loss computed before optimizer.step(), not after")],
+                 hint="return the L_simple of this batch: loss.item() of ddpm_loss(model, x0, schedule, ...)")
+
+
+@check("train_step")
+def test_train_step_updates_parameters(impl) -> None:
+    """One SGD step θ ← θ − lr·∇L with the gradient of this batch only (stale gradients must be cleared first)."""
+    _, model, _, gw, gb = _run_step(impl, grad_clip=1e6, stale_grads=True, seed=1)
+    start = torch.tensor([0.5, 0.3], dtype=torch.float64)
+    g = torch.tensor([gw, gb], dtype=torch.float64)
+    expect_close(_params(model), start - 0.1 * g, "the parameters (w, b) after one SGD step (lr 0.1)",
+                 atol=1e-6, rtol=1e-5, diagnoses=[
+                     (start - 0.1 * (g + torch.tensor([5.0, -3.0], dtype=torch.float64)),
+                      "call optimizer.zero_grad() first: gradients left from the previous step were added to this one"),
+                     (start, "the parameters did not change: call loss.backward() and then optimizer.step()"),
+                     (start + 0.1 * g, "step down the gradient: minimise the loss (no minus sign in the loss)"),
+                 ], hint="optimizer.zero_grad(); loss.backward(); clip; optimizer.step()")
+
+
+@check("train_step")
+def test_train_step_clips_gradients(impl) -> None:
+    """The gradient norm is clipped to grad_clip (clip_grad_norm_) between backward and step; default 1.0."""
+    for clip in (1e-3, None):
+        _, model, _, gw, gb = _run_step(impl, grad_clip=clip, stale_grads=False, seed=2)
+        limit = 1.0 if clip is None else clip
+        start = torch.tensor([0.5, 0.3], dtype=torch.float64)
+        g = torch.tensor([gw, gb], dtype=torch.float64)
+        norm = float(g.norm())
+        clipped = g * min(1.0, limit / (norm + 1e-6))
+        label = f"the parameters after train_step(..., grad_clip={clip})" if clip else (
+            "the parameters after train_step(...) with the default grad_clip=1.0")
+        expect_close(_params(model), start - 0.1 * clipped, label, atol=1e-6, rtol=1e-4, diagnoses=[
+            (start - 0.1 * g, f"the gradient (norm {norm:.3g}) was not clipped: call torch.nn.utils."
+                              "clip_grad_norm_(model.parameters(), grad_clip) after backward() and before step()"),
+            (start - 0.1 * g.clamp(-limit, limit),
+             "clip the norm of the whole gradient (clip_grad_norm_), not each value (clip_grad_value_)"),
+        ], hint=f"after clipping, the gradient norm is min(‖g‖, grad_clip) = {min(norm, limit):.3g}")
