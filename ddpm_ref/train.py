@@ -522,7 +522,11 @@ class Trainer:
             cb.on_train_start(self)
         self.model.train()
         session_losses: list[float] = []
-        stopped = self._stop_reason() or ("epochs" if self.epoch >= c.epochs else None)
+        stopped = None  # the time budget is checked after each step: a session always makes progress
+        if c.max_steps > 0 and self.step >= c.max_steps:
+            stopped = "max_steps"
+        elif self.epoch >= c.epochs:
+            stopped = "epochs"
         epochs_bar = tqdm(total=c.epochs, initial=self.epoch, desc="epochs", disable=not self.progress,
                           dynamic_ncols=True)
         while stopped is None:
