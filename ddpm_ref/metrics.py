@@ -1,7 +1,8 @@
 """Image-quality metrics for images in [−1, 1]: PSNR and SSIM via ``skimage.metrics``.
 
 Both map [−1, 1] to [0, 1] first and pass ``data_range=1``: scoring [−1, 1] images with data_range=1
-without the mapping halves the error scale and inflates PSNR by 20·log10(2) ≈ 6.02 dB.
+without the mapping doubles the error scale and lowers PSNR by 20·log10(2) ≈ 6.02 dB (data_range=2 on images
+already mapped to [0, 1] raises it by as much).
 """
 
 from __future__ import annotations
