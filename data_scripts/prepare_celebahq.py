@@ -86,8 +86,10 @@ def prepare(src: Path, out: Path, sizes: list[int], workers: int) -> dict[str, i
     jobs = [(str(f), str(out), sizes, f"{i:06d}_{f.stem}") for i, f in enumerate(files)]
     done: dict[int, list[Path]] = {s: [] for s in sizes}
     skipped: list[str] = []
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        for k, (source, outs, err) in enumerate(pool.map(_convert, jobs, chunksize=64), 1):
+    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    results = pool.map(_convert, jobs, chunksize=64) if pool is not None else map(_convert, jobs)
+    try:
+        for k, (source, outs, err) in enumerate(results, 1):
             if outs is None:
                 skipped.append(f"{source}: {err}")
                 print(f"warning: skipping unreadable image {source} ({err})", file=sys.stderr)
@@ -96,6 +98,9 @@ def prepare(src: Path, out: Path, sizes: list[int], workers: int) -> dict[str, i
                     done[s].append(Path(o))
             if k % 2000 == 0:
                 print(f"  {k}/{len(jobs)} images")
+    finally:
+        if pool is not None:
+            pool.shutdown()
     write_manifest(out, {str(s): v for s, v in done.items()},
                    {"source": str(src), "found": len(files), "skipped": skipped, "sizes": sizes, "format": "png"})
     return check_manifest(out, {str(s): s for s in sizes})
