@@ -20,6 +20,8 @@ import pytest  # noqa: E402
 
 from tests.harness import CheckSkipped, MissingDefinition, as_impl, isolated  # noqa: E402
 
+pytest_plugins = ["pytester"]  # test_harness runs ``pytest --impl`` in-process
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
@@ -53,6 +55,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
             return (yield)
     except MissingDefinition as e:
         origin = getattr(impl, "_origin", "the implementation")
-        pytest.skip(f"{origin} does not define `{e.name}`")
+        why = getattr(impl, "_why_missing", {}).get(e.name)
+        pytest.skip(f"{origin} does not define `{e.name}`" + (f" ({why})" if why else ""))
     except CheckSkipped as e:
         pytest.skip(str(e))

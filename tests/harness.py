@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import re
 import signal
 import sys
 import threading
@@ -48,6 +49,7 @@ EXERCISES: tuple[str, ...] = (
 REGISTRY: dict[str, list[CheckFn]] = {}
 
 TESTS_DIR = Path(__file__).resolve().parent
+_REGISTERS = re.compile(r"^@check\(", re.MULTILINE)  # a module-level check registration
 
 
 class MissingDefinition(AttributeError):
@@ -92,7 +94,7 @@ def check_name(fn: CheckFn) -> str:
 
 
 def load_all_checks() -> None:
-    """Import every ``tests/test_*.py`` module that registers checks (the ones that use ``@check(``).
+    """Import every ``tests/test_*.py`` module that registers checks (a line starting with ``@check(``).
 
     Modules without checks (cross-checks against diffusers, notebook tests) are not imported, so that a
     notebook needs neither pytest nor diffusers; a module that fails to import is reported, not fatal.
@@ -105,7 +107,7 @@ def load_all_checks() -> None:
         if name in sys.modules:
             continue
         try:
-            if "@check(" not in path.read_text(encoding="utf-8"):
+            if not _REGISTERS.search(path.read_text(encoding="utf-8")):
                 continue
             importlib.import_module(name)
         except Exception as e:  # one broken test file must not stop grading

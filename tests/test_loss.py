@@ -171,7 +171,7 @@ def test_train_step_returns_loss(impl) -> None:
     value = expect_float(out, "train_step's return value")
     x_t, t = model.calls[0]
     s = seed_schedule()
-    after, _, _ = probe_loss_and_grads(float(model.w), float(model.b), x_t, t, recover_noise(x_t, t, batch(8, 0), s))
+    after, _, _ = probe_loss_and_grads(model.w.item(), model.b.item(), x_t, t, recover_noise(x_t, t, batch(8, 0), s))
     expect_close(value, loss, "train_step's return value", atol=1e-6, rtol=1e-4,
                  diagnoses=[(after, "return the loss computed before optimizer.step(), not after")],
                  hint="return the L_simple of this batch: loss.item() of ddpm_loss(model, x0, schedule, ...)")
