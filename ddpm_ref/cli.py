@@ -20,7 +20,7 @@ import torch
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = ("train", "sample", "reconstruct", "evaluate", "demo", "export", "presets")
+COMMANDS = ("train", "sample", "reconstruct", "evaluate", "demo", "export", "presets", "bench")
 
 
 class UsageError(Exception):
@@ -123,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16")
 
     sub.add_parser("presets", help="list the named configurations")
+
+    # bench: options and engine live in ddpm_ref.bench
+    from .bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(sub.add_parser("bench", help="time training and sampling, each speed-up against fp32 eager"))
     return parser
 
 
@@ -265,6 +270,12 @@ def _cmd_presets(args: argparse.Namespace) -> None:
               f"data {c.data or '(--data PATH)'}")
 
 
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import format_tables, run
+
+    print(format_tables(run(args)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m ddpm_ref`` and the ``ddpm`` console script; returns the exit status."""
     parser = build_parser()
@@ -274,7 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     os.environ.setdefault("MPLBACKEND", "Agg")
     handler = {"train": _cmd_train, "sample": _cmd_sample, "reconstruct": _cmd_reconstruct,
-               "evaluate": _cmd_evaluate, "demo": _cmd_demo, "export": _cmd_export, "presets": _cmd_presets}
+               "evaluate": _cmd_evaluate, "demo": _cmd_demo, "export": _cmd_export, "presets": _cmd_presets,
+               "bench": _cmd_bench}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
