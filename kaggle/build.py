@@ -1,8 +1,10 @@
 """Build ``kaggle/ddpm_celebahq.ipynb`` from ``kaggle/notebook_template.py`` and the ``ddpm_ref`` sources.
 
 Kaggle runs the notebook with the internet off, so the notebook carries its code: one cell near the top writes
-every ``ddpm_ref/*.py`` file (and ``kaggle/ddpm_kaggle.py``, the Kaggle glue) into ``<working dir>/ddpm_ref_src``
-and puts that folder first on ``sys.path``. The package stays the single source; this script copies it in.
+every ``ddpm_ref/*.py`` file that git tracks (and ``kaggle/ddpm_kaggle.py``, the Kaggle glue) into
+``<working dir>/ddpm_ref_src`` and puts that folder first on ``sys.path``. The package stays the single source;
+this script copies it in. After any change to ``ddpm_ref/`` (or to the template or glue), rebuild and commit the
+notebook with it: ``tests/test_kaggle_build.py`` fails while the committed notebook is stale.
 
     python kaggle/build.py            # rewrite the notebook
     python kaggle/build.py --check    # exit 1 if the committed notebook differs from a fresh build
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,13 +35,21 @@ GLUE = HERE / "ddpm_kaggle.py"
 MARKER = re.compile(r"^# %%(?:\s+\[(?P<kind>\w+)\])?\s*$")
 
 
+def package_sources() -> list[Path]:
+    """The package's ``.py`` files: those git tracks (so scratch files never ship), or all of them without git."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "--", "ddpm_ref"], cwd=REPO, capture_output=True,
+                             check=True, text=True).stdout
+        tracked = [REPO / name for name in out.split("\0") if name.endswith(".py")]
+    except (OSError, subprocess.CalledProcessError):
+        tracked = []
+    paths = tracked or list(PACKAGE_DIR.rglob("*.py"))
+    return sorted(p for p in paths if p.is_file() and "__pycache__" not in p.parts)
+
+
 def package_files() -> dict[str, str]:
     """{path inside the source folder: text} for every ``ddpm_ref/**/*.py`` and the glue module, sorted."""
-    files = {
-        p.relative_to(PACKAGE_DIR.parent).as_posix(): p.read_text(encoding="utf-8")
-        for p in sorted(PACKAGE_DIR.rglob("*.py"))
-        if "__pycache__" not in p.parts
-    }
+    files = {p.relative_to(REPO).as_posix(): p.read_text(encoding="utf-8") for p in package_sources()}
     if "ddpm_ref/__init__.py" not in files:
         raise SystemExit(f"{PACKAGE_DIR} has no __init__.py: run from a checkout of the repository")
     files["ddpm_kaggle.py"] = GLUE.read_text(encoding="utf-8")
