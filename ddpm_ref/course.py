@@ -153,14 +153,15 @@ def show_images(
     plt.show()
 
 
-def _frames(frames: Mapping[int, Tensor] | Sequence[Tensor], label: str) -> tuple[list[Tensor], list[str | None]]:
+def _frames(frames: Mapping[Any, Tensor] | Sequence[Tensor], label: str) -> tuple[list[Tensor], list[str | None]]:
     if isinstance(frames, Mapping):
-        return [_as_batch(v) for v in frames.values()], [f"{label} = {k}" for k in frames]
+        heads = [str(k) if isinstance(k, str) or not label else f"{label} = {k}" for k in frames]
+        return [_as_batch(v) for v in frames.values()], heads
     return [_as_batch(v) for v in frames], [None] * len(frames)
 
 
 def show_strip(
-    frames: Mapping[int, Tensor] | Sequence[Tensor],
+    frames: Mapping[Any, Tensor] | Sequence[Tensor],
     *,
     title: str | None = None,
     label: str = "t",
@@ -168,7 +169,8 @@ def show_strip(
 ) -> None:
     """A strip of frames left to right; each frame is [C, H, W] or a batch [B, C, H, W] shown as a column.
 
-    ``frames`` is a list, or a dict {t: images} whose keys become the column titles ("t = 100").
+    ``frames`` is a list, or a dict {t: images} whose keys become the column titles ("t = 100"; a str key
+    is used as it is).
     """
     import matplotlib.pyplot as plt
 
