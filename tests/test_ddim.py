@@ -95,14 +95,20 @@ def test_ddim_step_last_step_returns_x0(impl) -> None:
     """t_prev = −1 means ᾱ_prev = 1: the last step returns x̂0 (clipped), with no noise for any η."""
     s = seed_schedule()
     x_t, z = _inputs(4, 1)
+    wrap = "t_prev = −1 means ᾱ_prev = 1 (the clean image), but alpha_bars[−1] is Python's last element ᾱ_{T−1}"
     for eta in (0.0, 0.5):
-        out = _step(impl, x_t, 7, -1, s, eta=eta, noise=z)
+        try:
+            out = _step(impl, x_t, 7, -1, s, eta=eta, noise=z)
+        except (ValueError, TypeError, ZeroDivisionError) as e:  # √ of a negative number, complex numbers, …
+            raise AssertionError(
+                f"ddim_step(t=7, t_prev=-1, eta={eta}) raised {type(e).__name__}: {e}. Hint: {wrap}: use 1.0 when "
+                "t_prev < 0"
+            ) from e
         expect_close(out, ddim_closed_form(s, x_t, 7, -1, eta=eta, noise=z), f"ddim_step(t=7, t_prev=-1, eta={eta})",
                      atol=1e-4, rtol=1e-4, diagnoses=[
                          (lambda e=eta: ddim_closed_form(s, x_t, 7, -1, eta=e, noise=z,
                                                          ab_prev=float(s.alpha_bars[-1])),
-                          "t_prev = −1 means ᾱ_prev = 1 (the clean image), but alpha_bars[−1] is Python's last "
-                          "element ᾱ_{T−1}, almost pure noise: use 1.0 when t_prev < 0"),
+                          f"{wrap}, almost pure noise: use 1.0 when t_prev < 0"),
                          (lambda e=eta: ddim_closed_form(s, x_t, 7, -1, eta=e, noise=z, ab_prev=float(s.alpha_bars[0])),
                           "at the last step (t_prev = −1) use ᾱ_prev = 1, not ᾱ_0"),
                      ], hint="with t_prev = −1, ᾱ_prev = 1 and σ = 0, so x_prev = x̂0")

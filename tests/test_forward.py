@@ -73,7 +73,7 @@ def test_q_sample_values(impl) -> None:
     expect_tensor(out, "q_sample(x0 [6, 3, 8, 8], t [6], noise, schedule)", shape=x0.shape, dtype=x0.dtype,
                   device=x0.device)
     expected = forward_closed_form(x0, noise, per_sample(s.alpha_bars, MIXED_T))
-    expect_close(out, expected, f"q_sample with t = {MIXED_T.tolist()}", atol=1e-5, rtol=1e-5,
+    expect_close(out, expected, f"q_sample with t = {MIXED_T.tolist()}", atol=5e-5, rtol=1e-5,
                  diagnoses=_q_sample_diagnoses(s, x0, noise, MIXED_T),
                  hint="x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε with ᾱ_t = schedule.alpha_bars[t]")
 
@@ -86,9 +86,9 @@ def test_q_sample_t0_is_almost_x0(impl) -> None:
     t = torch.zeros(4, dtype=torch.long)
     out = expect_tensor(impl.q_sample(x0, t, noise, s), "q_sample at t=0", shape=x0.shape, dtype=x0.dtype)
     expected = forward_closed_form(x0, noise, per_sample(s.alpha_bars, t))
-    if not torch.allclose(out.double(), expected, atol=1e-5, rtol=1e-5):
+    if not torch.allclose(out.double(), expected, atol=5e-5, rtol=1e-5):
         diff = float((out.double() - x0.double()).abs().max())
-        hint = diagnose(out, _q_sample_diagnoses(s, x0, noise, t), 1e-5, 1e-5) or (
+        hint = diagnose(out, _q_sample_diagnoses(s, x0, noise, t), 1e-4, 1e-4) or (
             "x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε with ᾱ_t = schedule.alpha_bars[t]")
         raise AssertionError(
             f"x_t at t=0 should be ≈ x0 (ᾱ_0 = 0.9999, so x_t = 0.99995·x0 + 0.01·ε, within 0.04 of x0); "
@@ -107,7 +107,7 @@ def test_q_sample_general(impl) -> None:
     expect_tensor(out, "q_sample(float64 x0 [3, 1, 5, 7], cosine schedule T=1000)", shape=x0.shape,
                   dtype=torch.float64, hint="compute in x0's dtype (float64 here): schedule.gather casts for you")
     expect_close(out, forward_closed_form(x0, noise, per_sample(s.alpha_bars, t)), "q_sample with a cosine schedule",
-                 atol=1e-5, rtol=1e-5, diagnoses=_q_sample_diagnoses(s, x0, noise, t),
+                 atol=5e-5, rtol=1e-5, diagnoses=_q_sample_diagnoses(s, x0, noise, t),
                  hint="x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε with the alpha_bars of the schedule passed in")
     if not (torch.equal(x0, x0_copy) and torch.equal(noise, noise_copy)):
         raise AssertionError("q_sample changed its inputs in place. Hint: avoid x0.mul_(...) / noise += ...")
@@ -197,7 +197,8 @@ def test_q_posterior_mean(impl) -> None:
         return c0 * x0d + ct * xtd
 
     c0, ct = prev.sqrt() * b / (1 - ab), a.sqrt() * (1 - prev) / (1 - ab)
-    expect_close(mean, mu(c0, ct), f"posterior mean with t = {MIXED_T.tolist()}", atol=1e-5, rtol=1e-5, diagnoses=[
+    # float32 arithmetic loses ~6e-4 (relative) in 1 − ᾱ_0 = 1e-4: hence 1e-3 here
+    expect_close(mean, mu(c0, ct), f"posterior mean with t = {MIXED_T.tolist()}", atol=1e-3, rtol=1e-3, diagnoses=[
         (lambda: mu(ct, c0), "the coefficients are swapped: √ᾱ_{t−1}β_t/(1 − ᾱ_t) multiplies x0"),
         (lambda: mu(ab.sqrt() * b / (1 - ab), ct), "coef_x0 uses √ᾱ_{t−1} (alpha_bars_prev), not √ᾱ_t"),
         (lambda: mu(prev * b / (1 - ab), a * (1 - prev) / (1 - ab)), "take square roots: √ᾱ_{t−1} and √α_t"),
@@ -227,7 +228,7 @@ def test_q_posterior_variance(impl) -> None:
     prev = per_sample(s.alpha_bars_prev, MIXED_T)
     shape = x0.shape
     expect_close(full, (b * (1 - prev) / (1 - ab)).expand(shape), f"posterior variance with t = {MIXED_T.tolist()}",
-                 atol=1e-8, rtol=1e-5, diagnoses=[
+                 atol=1e-7, rtol=1e-3, diagnoses=[
                      (lambda: b.expand(shape),
                       "that is β_t; the posterior variance is β̃_t = β_t(1 − ᾱ_{t−1})/(1 − ᾱ_t)"),
                      (lambda: (b * (1 - prev) / (1 - ab)).sqrt().expand(shape),

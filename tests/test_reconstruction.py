@@ -52,7 +52,7 @@ def test_reconstruct_starts_at_t_start(impl) -> None:
     ts, expected = model.ts(), list(range(100, -1, -1))
     if ts != expected:
         if ts == list(range(T - 1, -1, -1)):
-            hint = "the reverse steps start at t_start, not at T − 1: the image was only noised up to t_start"
+            hint = "noise x0 to t_start only and start the reverse steps at t_start, not at T − 1"
         elif ts == expected[::-1]:
             hint = "denoise from t_start down to 0, not upwards"
         else:
@@ -100,7 +100,8 @@ def test_reconstruct_return_noised(impl) -> None:
     if not isinstance(out, tuple) or len(out) != 2:
         raise AssertionError("reconstruct(..., return_noised=True) should return (reconstruction, x_t_start)")
     expect_tensor(out[0], "the reconstruction", shape=x0.shape, dtype=x0.dtype)
-    expect_close(out[1], R.q_sample(x0, 20, noise, s), "the returned x_{t_start}", atol=1e-5, rtol=1e-5)
+    expect_close(out[1], R.q_sample(x0, 20, noise, s), "the returned x_{t_start}", atol=1e-5, rtol=1e-5,
+                 hint="return x_{t_start} = q_sample(x0, t_start, noise, schedule), where the reverse steps start")
 
 
 # ---------------------------------------------------------------------------------------- psnr

@@ -103,6 +103,8 @@ def test_p_sample_no_noise_at_t0(impl) -> None:
                          (lambda v=variance: step_closed_form(s, x_t, t, z, variance=v, add_noise_at_0=True),
                           "noise was added at t = 0: the last step returns the mean, with no noise "
                           "(multiply the noise by (t > 0))"),
+                         (lambda v=variance: step_closed_form(s, x_t, t, z, variance=v, clip=False),
+                          "with clip_x0=True (the default) clip x̂0 to [−1, 1] before the posterior mean"),
                      ], hint="at t = 0 the posterior mean is x̂0 itself (coef_x0 = 1, coef_xt = 0)")
 
 
@@ -156,7 +158,11 @@ def test_p_sample_variance_beta(impl) -> None:
                  atol=1e-4, rtol=1e-4, diagnoses=[
                      (lambda: step_closed_form(s, x_t, MIXED_T, z),
                       "variance='beta' means σ_t² = β_t (schedule.betas); 'posterior' means β̃_t"),
-                 ])
+                     (lambda: step_closed_form(s, x_t, MIXED_T, z, variance="beta", add_noise_at_0=True),
+                      "noise was added at t = 0: the last step returns the mean, with no noise"),
+                     (lambda: step_closed_form(s, x_t, MIXED_T, z, variance="beta", clip=False),
+                      "with clip_x0=True (the default) clip x̂0 to [−1, 1] before the posterior mean"),
+                 ], hint="σ_t² = β_t for variance='beta'")
 
 
 def _chain_with(p_sample, model, s: R.NoiseSchedule, x: Tensor, g: torch.Generator) -> Tensor:

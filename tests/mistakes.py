@@ -1,0 +1,804 @@
+"""Typical student mistakes, one wrong definition each, and the checks that must catch them.
+
+Record format (:class:`Mistake`), kept deliberately plain so that other tools can reuse it:
+
+``name``
+    a short identifier, unique, e.g. ``"q_sample_missing_sqrt"``.
+``exercise``
+    the exercise (registry key and definition name) the mistake belongs to, e.g. ``"q_sample"``.
+``breaks``
+    the checks that must fail, by the names ``run_checks`` reports (the check function's name without
+    ``test_``; ``hidden_checks(m)`` tells which of them are hidden). Every other check of the exercise passes.
+``description``
+    one line saying what is wrong.
+``source``
+    the full source of ONE replacement definition (a ``def`` or ``class`` with exactly the exercise's name, and
+    the imports it needs), as a student would write it. It runs in a notebook's usual namespace: ``math``,
+    ``np``, ``torch``, ``nn``, ``F`` and the ``ddpm_ref`` pieces the lessons import (``from ddpm_ref import ...``
+    lines are included where needed). Appending it after the exercise's solution cell replaces the solution.
+``feedback``
+    a phrase that must appear in at least one failing check's message: the grader names the mistake.
+
+``ALTERNATIVES`` lists correct definitions written differently from ``ddpm_ref`` (other code paths, float32
+arithmetic, other attribute names): every check of their exercise must pass. ``tests/test_mistakes.py``
+proves both lists against the registered checks.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+
+__all__ = ["ALTERNATIVES", "MISTAKES", "Alternative", "Mistake", "by_name", "hidden_checks"]
+
+
+@dataclass(frozen=True)
+class Mistake:
+    name: str
+    exercise: str
+    breaks: tuple[str, ...]
+    description: str
+    source: str
+    feedback: str
+
+
+@dataclass(frozen=True)
+class Alternative:
+    name: str
+    exercise: str
+    description: str
+    source: str
+
+
+def _src(text: str) -> str:
+    return textwrap.dedent(text).strip() + "\n"
+
+
+def _edit(source: str, old: str, new: str) -> str:
+    """``source`` with ``old`` replaced by ``new`` (exactly once: a typo in a mistake must not go unnoticed)."""
+    if source.count(old) != 1:
+        raise ValueError(f"expected exactly one {old!r} in the template")
+    return source.replace(old, new)
+
+
+# ------------------------------------------------------------------------------------------------ templates
+# Correct student-style definitions; most mistakes are one edit of one of them.
+
+NOISE_SCHEDULE = _src('''
+    class NoiseSchedule:
+        def __init__(self, betas):
+            betas = torch.as_tensor(betas, dtype=torch.float64)
+            self.betas = betas
+            self.alphas = 1.0 - betas
+            self.alpha_bars = torch.cumprod(self.alphas, dim=0)
+            self.alpha_bars_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bars[:-1]])
+            self.sqrt_alpha_bars = self.alpha_bars.sqrt()
+            self.sqrt_one_minus_alpha_bars = (1.0 - self.alpha_bars).sqrt()
+            self.posterior_variance = betas * (1.0 - self.alpha_bars_prev) / (1.0 - self.alpha_bars)
+            self.posterior_mean_coef_x0 = betas * self.alpha_bars_prev.sqrt() / (1.0 - self.alpha_bars)
+            self.posterior_mean_coef_xt = (1.0 - self.alpha_bars_prev) * self.alphas.sqrt() / (1.0 - self.alpha_bars)
+
+        @property
+        def T(self):
+            return self.betas.shape[0]
+
+        def gather(self, values, t, x):
+            if isinstance(t, int):
+                t = torch.full((x.shape[0],), t, dtype=torch.long)
+            out = values.to(x.device)[t.to(x.device)].to(x.dtype)
+            return out.reshape(t.shape[0], *([1] * (x.ndim - 1)))
+''')
+
+RESBLOCK = _src('''
+    class ResBlock(nn.Module):
+        def __init__(self, in_ch, out_ch, emb_dim, *, groups=32, dropout=0.0):
+            super().__init__()
+            self.norm1 = nn.GroupNorm(math.gcd(groups, in_ch), in_ch)
+            self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+            self.emb_proj = nn.Linear(emb_dim, 2 * out_ch)
+            self.norm2 = nn.GroupNorm(math.gcd(groups, out_ch), out_ch)
+            self.dropout = nn.Dropout(dropout)
+            self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+            self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+        def forward(self, x, emb):
+            h = self.conv1(F.silu(self.norm1(x)))
+            scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+            h = self.conv2(self.dropout(F.silu(h)))
+            return h + self.skip(x)
+''')
+
+UNET = _src('''
+    from ddpm_ref import ResBlock, SelfAttention, SinusoidalTimeEmbedding
+    from ddpm_ref.unet import Downsample, Upsample, group_norm
+
+
+    class UNet(nn.Module):
+        def __init__(self, in_channels=3, out_channels=None, channels=(64, 128, 256), num_res_blocks=2,
+                     attention=True, num_heads=1, time_emb_dim=None, groups=32, dropout=0.0):
+            super().__init__()
+            out_channels = out_channels or in_channels
+            self.in_channels, self.channels = in_channels, tuple(channels)
+            base = channels[0]
+            emb_dim = time_emb_dim or 4 * base
+            self.time_embed = nn.Sequential(SinusoidalTimeEmbedding(base), nn.Linear(base, emb_dim), nn.SiLU(),
+                                            nn.Linear(emb_dim, emb_dim))
+            self.stem = nn.Conv2d(in_channels, base, 3, padding=1)
+            self.down_blocks, self.downsamples = nn.ModuleList(), nn.ModuleList()
+            ch = base
+            for width in channels:
+                self.down_blocks.append(nn.ModuleList(
+                    [ResBlock(ch if j == 0 else width, width, emb_dim, groups=groups, dropout=dropout)
+                     for j in range(num_res_blocks)]))
+                self.downsamples.append(Downsample(width))
+                ch = width
+            self.mid1 = ResBlock(ch, ch, emb_dim, groups=groups, dropout=dropout)
+            self.mid_attn = SelfAttention(ch, num_heads, groups=groups) if attention else nn.Identity()
+            self.mid2 = ResBlock(ch, ch, emb_dim, groups=groups, dropout=dropout)
+            self.upsamples, self.up_blocks = nn.ModuleList(), nn.ModuleList()
+            for width in reversed(channels):
+                self.upsamples.append(Upsample(ch))
+                self.up_blocks.append(nn.ModuleList(
+                    [ResBlock(ch + width if j == 0 else width, width, emb_dim, groups=groups, dropout=dropout)
+                     for j in range(num_res_blocks)]))
+                ch = width
+            self.out = nn.Sequential(group_norm(ch, groups), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
+
+        def forward(self, x, t):
+            emb = self.time_embed(t)
+            h = self.stem(x)
+            skips = []
+            for blocks, down in zip(self.down_blocks, self.downsamples):
+                for block in blocks:
+                    h = block(h, emb)
+                skips.append(h)
+                h = down(h)
+            h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+            for up, blocks in zip(self.upsamples, self.up_blocks):
+                h = torch.cat([up(h), skips.pop()], dim=1)
+                for block in blocks:
+                    h = block(h, emb)
+            return self.out(h)
+''')
+
+TRAIN_STEP = _src('''
+    from ddpm_ref import ddpm_loss
+
+
+    def train_step(model, optimizer, x0, schedule, *, generator=None, grad_clip=1.0):
+        optimizer.zero_grad()
+        loss = ddpm_loss(model, x0, schedule, generator=generator)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        return loss.item()
+''')
+
+P_SAMPLE = _src('''
+    from ddpm_ref import predict_x0, q_posterior
+
+
+    @torch.no_grad()
+    def p_sample(model, x_t, t, schedule, *, generator=None, clip_x0=True, variance="posterior", noise=None):
+        if isinstance(t, int):
+            t = torch.full((x_t.shape[0],), t, dtype=torch.long)
+        eps = model(x_t, t)
+        x0 = predict_x0(x_t, t, eps, schedule)
+        if clip_x0:
+            x0 = x0.clamp(-1, 1)
+        mean, var = q_posterior(x0, x_t, t, schedule)
+        if variance == "beta":
+            var = schedule.gather(schedule.betas, t, x_t)
+        if noise is None:
+            noise = torch.randn(x_t.shape, generator=generator)
+        nonzero = (t > 0).float().reshape(-1, 1, 1, 1)
+        return mean + nonzero * var.sqrt() * noise
+''')
+
+SAMPLE = _src('''
+    from ddpm_ref import p_sample
+
+
+    @torch.no_grad()
+    def sample(model, schedule, shape, *, generator=None, device=None, progress=True, **kwargs):
+        x = torch.randn(tuple(shape), generator=generator)
+        for t in reversed(range(schedule.T)):
+            x = p_sample(model, x, t, schedule, generator=generator)
+        return x
+''')
+
+RECONSTRUCT = _src('''
+    from ddpm_ref import p_sample, q_sample
+
+
+    @torch.no_grad()
+    def reconstruct(model, x0, t_start, schedule, *, generator=None, noise=None, progress=False, return_noised=False,
+                    **kwargs):
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator)
+        x_t = q_sample(x0, t_start, noise, schedule)
+        x = x_t
+        for t in range(t_start, -1, -1):
+            x = p_sample(model, x, t, schedule, generator=generator)
+        return (x, x_t) if return_noised else x
+''')
+
+DDIM_STEP = _src('''
+    from ddpm_ref import predict_eps, predict_x0
+
+
+    @torch.no_grad()
+    def ddim_step(model, x_t, t, t_prev, schedule, *, eta=0.0, clip_x0=True, generator=None, noise=None):
+        t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long)
+        eps = model(x_t, t_batch)
+        x0 = predict_x0(x_t, t_batch, eps, schedule)
+        if clip_x0:
+            x0 = x0.clamp(-1, 1)
+            eps = predict_eps(x_t, t_batch, x0, schedule)
+        ab_t = schedule.alpha_bars[t].item()
+        ab_prev = schedule.alpha_bars[t_prev].item() if t_prev >= 0 else 1.0
+        sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev))
+        x_prev = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
+        if sigma > 0:
+            if noise is None:
+                noise = torch.randn(x_t.shape, generator=generator)
+            x_prev = x_prev + sigma * noise
+        return x_prev
+''')
+
+DDIM_SAMPLE = _src('''
+    from ddpm_ref import ddim_step, ddim_timesteps
+
+
+    @torch.no_grad()
+    def ddim_sample(model, schedule, shape, *, steps=50, eta=0.0, spacing="trailing", generator=None, device=None,
+                    x_T=None, progress=True, **kwargs):
+        x = torch.randn(tuple(shape), generator=generator) if x_T is None else x_T
+        ts = ddim_timesteps(schedule.T, steps, spacing)
+        for i, t in enumerate(ts):
+            t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+            x = ddim_step(model, x, t, t_prev, schedule, eta=eta, generator=generator)
+        return x
+''')
+
+SELF_ATTENTION = _src('''
+    class SelfAttention(nn.Module):
+        def __init__(self, channels, num_heads=1, *, groups=32):
+            super().__init__()
+            self.num_heads = num_heads
+            self.norm = nn.GroupNorm(math.gcd(groups, channels), channels)
+            self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+            self.proj = nn.Conv2d(channels, channels, 1)
+
+        def forward(self, x):
+            b, c, h, w = x.shape
+            q, k, v = self.qkv(self.norm(x)).chunk(3, dim=1)  # each [B, C, H, W]
+            q = q.reshape(b, c, h * w).transpose(1, 2)  # [B, HW, C]
+            k = k.reshape(b, c, h * w).transpose(1, 2)
+            v = v.reshape(b, c, h * w).transpose(1, 2)
+            attn = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(c), dim=-1)  # [B, HW, HW]
+            out = (attn @ v).transpose(1, 2).reshape(b, c, h, w)
+            return x + self.proj(out)
+''')
+
+# ------------------------------------------------------------------------------------------------ mistakes
+
+MISTAKES: list[Mistake] = [
+    # lesson 1
+    Mistake(
+        "linear_schedule_divides_by_T", "linear_beta_schedule",
+        ("linear_beta_schedule_values", "linear_beta_schedule_other_arguments"),
+        "steps by (end − start)/T, so the last β falls short of beta_end",
+        _src('''
+            def linear_beta_schedule(T, beta_start=1e-4, beta_end=2e-2):
+                step = (beta_end - beta_start) / T
+                return beta_start + step * torch.arange(T, dtype=torch.float64)
+        '''),
+        "not /T",
+    ),
+    Mistake(
+        "linear_schedule_float32", "linear_beta_schedule",
+        ("linear_beta_schedule_values", "linear_beta_schedule_other_arguments"),
+        "returns a float32 schedule (the tables are float64 by contract)",
+        _src('''
+            def linear_beta_schedule(T, beta_start=1e-4, beta_end=2e-2):
+                return torch.linspace(beta_start, beta_end, T)
+        '''),
+        "dtype=torch.float64",
+    ),
+    Mistake(
+        "cosine_schedule_not_clipped", "cosine_beta_schedule",
+        ("cosine_beta_schedule_values", "cosine_beta_schedule_other_arguments"),
+        "forgets to clip β at max_beta, so the last β is 1",
+        _src('''
+            def cosine_beta_schedule(T, s=0.008, max_beta=0.999):
+                steps = torch.arange(T + 1, dtype=torch.float64) / T
+                f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+                return 1 - f[1:] / f[:-1]
+        '''),
+        "clip β at max_beta",
+    ),
+    Mistake(
+        "cumsum_instead_of_cumprod", "NoiseSchedule",
+        ("NoiseSchedule_alphas_and_alpha_bars", "NoiseSchedule_posterior_variance",
+         "NoiseSchedule_posterior_mean_coefs", "NoiseSchedule_consistent_with_marginals"),
+        "ᾱ computed with torch.cumsum instead of torch.cumprod",
+        _edit(NOISE_SCHEDULE, "torch.cumprod(self.alphas, dim=0)", "torch.cumsum(self.alphas, dim=0)"),
+        "torch.cumprod, not torch.cumsum",
+    ),
+    Mistake(
+        "alpha_bars_prev_starts_at_zero", "NoiseSchedule",
+        ("NoiseSchedule_alphas_and_alpha_bars", "NoiseSchedule_posterior_variance",
+         "NoiseSchedule_posterior_mean_coefs", "NoiseSchedule_consistent_with_marginals"),
+        "ᾱ_{−1} set to 0 instead of 1 (the empty product)",
+        _edit(NOISE_SCHEDULE, "torch.ones(1, dtype=torch.float64)", "torch.zeros(1, dtype=torch.float64)"),
+        "empty product",
+    ),
+    Mistake(
+        "posterior_variance_is_beta", "NoiseSchedule",
+        ("NoiseSchedule_posterior_variance", "NoiseSchedule_consistent_with_marginals"),
+        "uses β_t as the posterior variance instead of β̃_t",
+        _edit(NOISE_SCHEDULE,
+              "self.posterior_variance = betas * (1.0 - self.alpha_bars_prev) / (1.0 - self.alpha_bars)",
+              "self.posterior_variance = betas"),
+        "the posterior variance is β̃_t",
+    ),
+    Mistake(
+        "gather_without_reshape", "NoiseSchedule",
+        ("NoiseSchedule_gather",),
+        "gather returns values[t] as [B] instead of [B, 1, 1, 1]",
+        _edit(NOISE_SCHEDULE, "return out.reshape(t.shape[0], *([1] * (x.ndim - 1)))", "return out"),
+        ".reshape(B, 1, 1, 1)",
+    ),
+    # lesson 2
+    Mistake(
+        "q_sample_alpha_instead_of_alpha_bar", "q_sample",
+        ("q_sample_values", "q_sample_general"),
+        "uses α_t (one step) instead of the cumulative ᾱ_t",
+        _src('''
+            def q_sample(x0, t, noise, schedule):
+                a = schedule.gather(schedule.alphas, t, x0)
+                return a.sqrt() * x0 + (1 - a).sqrt() * noise
+        '''),
+        "cumulative ᾱ_t",
+    ),
+    Mistake(
+        "q_sample_missing_sqrt", "q_sample",
+        ("q_sample_values", "q_sample_t0_is_almost_x0", "q_sample_general"),
+        "multiplies by ᾱ_t and 1 − ᾱ_t instead of their square roots",
+        _src('''
+            def q_sample(x0, t, noise, schedule):
+                ab = schedule.gather(schedule.alpha_bars, t, x0)
+                return ab * x0 + (1 - ab) * noise
+        '''),
+        "take square roots",
+    ),
+    Mistake(
+        "q_sample_t_off_by_one", "q_sample",
+        ("q_sample_values", "q_sample_t0_is_almost_x0", "q_sample_general"),
+        "indexes alpha_bars[t − 1] (the paper's 1-based t), so t = 0 wraps round to ᾱ_{T−1}",
+        _src('''
+            def q_sample(x0, t, noise, schedule):
+                ab = schedule.alpha_bars[t - 1].float().reshape(-1, 1, 1, 1)
+                return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        '''),
+        "off by one",
+    ),
+    Mistake(
+        "predict_x0_inverted", "predict_x0",
+        ("predict_x0_values", "predict_x0_inverts_q_sample"),
+        "multiplies by √ᾱ_t instead of dividing when solving eq. 4 for x0",
+        _src('''
+            def predict_x0(x_t, t, eps, schedule):
+                ab = schedule.gather(schedule.alpha_bars, t, x_t)
+                return (x_t - (1 - ab).sqrt() * eps) * ab.sqrt()
+        '''),
+        "inverted",
+    ),
+    Mistake(
+        "q_posterior_swapped_coefficients", "q_posterior",
+        ("q_posterior_mean", "q_posterior_consistent_with_marginals"),
+        "multiplies x0 by the coefficient of x_t and vice versa",
+        _src('''
+            def q_posterior(x0, x_t, t, schedule):
+                c0 = schedule.gather(schedule.posterior_mean_coef_x0, t, x_t)
+                ct = schedule.gather(schedule.posterior_mean_coef_xt, t, x_t)
+                return ct * x0 + c0 * x_t, schedule.gather(schedule.posterior_variance, t, x_t)
+        '''),
+        "swapped",
+    ),
+    Mistake(
+        "q_posterior_variance_beta", "q_posterior",
+        ("q_posterior_variance", "q_posterior_consistent_with_marginals"),
+        "returns β_t as the posterior variance instead of β̃_t",
+        _src('''
+            def q_posterior(x0, x_t, t, schedule):
+                c0 = schedule.gather(schedule.posterior_mean_coef_x0, t, x_t)
+                ct = schedule.gather(schedule.posterior_mean_coef_xt, t, x_t)
+                return c0 * x0 + ct * x_t, schedule.gather(schedule.betas, t, x_t)
+        '''),
+        "that is β_t",
+    ),
+    # lesson 3
+    Mistake(
+        "embedding_frequencies_over_dim", "SinusoidalTimeEmbedding",
+        ("SinusoidalTimeEmbedding_values", "SinusoidalTimeEmbedding_float_timesteps"),
+        "frequencies 10000^(−i/dim) instead of 10000^(−i/h) with h = dim/2",
+        _src('''
+            class SinusoidalTimeEmbedding(nn.Module):
+                def __init__(self, dim, max_period=10000.0):
+                    super().__init__()
+                    half = dim // 2
+                    self.register_buffer("freqs", torch.exp(-math.log(max_period) * torch.arange(half) / dim),
+                                         persistent=False)
+
+                def forward(self, t):
+                    args = t.float()[:, None] * self.freqs[None, :]
+                    return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+        '''),
+        "not −i/dim",
+    ),
+    Mistake(
+        "resblock_batchnorm", "ResBlock",
+        ("ResBlock_batch_independence",),
+        "BatchNorm instead of GroupNorm: one sample's statistics change another's output",
+        _edit(_edit(RESBLOCK, "nn.GroupNorm(math.gcd(groups, in_ch), in_ch)", "nn.BatchNorm2d(in_ch)"),
+              "nn.GroupNorm(math.gcd(groups, out_ch), out_ch)", "nn.BatchNorm2d(out_ch)"),
+        "BatchNorm",
+    ),
+    Mistake(
+        "resblock_ignores_time", "ResBlock",
+        ("ResBlock_uses_time_embedding", "ResBlock_gradients", "ResBlock_matches_reference_math"),
+        "creates the time projection but never applies it in forward",
+        _edit(_edit(RESBLOCK, "        scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)\n",
+                    ""), "h = self.norm2(h) * (1 + scale) + shift", "h = self.norm2(h)"),
+        "ignores the time embedding",
+    ),
+    Mistake(
+        "attention_scrambled_reshape", "SelfAttention",
+        ("SelfAttention_permutation_equivariance", "SelfAttention_matches_reference_math"),
+        "reshapes [B, C, H, W] straight to [B, H·W, C], mixing channels with positions",
+        _edit(_edit(_edit(_edit(SELF_ATTENTION,
+                                "q = q.reshape(b, c, h * w).transpose(1, 2)", "q = q.reshape(b, h * w, c)"),
+                          "k = k.reshape(b, c, h * w).transpose(1, 2)", "k = k.reshape(b, h * w, c)"),
+                    "v = v.reshape(b, c, h * w).transpose(1, 2)", "v = v.reshape(b, h * w, c)"),
+              "out = (attn @ v).transpose(1, 2).reshape(b, c, h, w)", "out = (attn @ v).reshape(b, c, h, w)"),
+        "scrambles them",
+    ),
+    Mistake(
+        "unet_skips_attention", "UNet",
+        ("UNet_gradients", "UNet_bottleneck_attention", "UNet_seed_config_shapes"),
+        "builds the bottleneck attention but never calls it",
+        _edit(UNET, "h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)", "h = self.mid2(self.mid1(h, emb), emb)"),
+        "mid_attn",
+    ),
+    # lesson 4
+    Mistake(
+        "loss_on_x0", "ddpm_loss",
+        ("ddpm_loss_value", "ddpm_loss_default_sampling"),
+        "compares the model's output with x0 instead of the noise ε",
+        _src('''
+            from ddpm_ref import q_sample
+
+
+            def ddpm_loss(model, x0, schedule, *, t=None, noise=None, generator=None):
+                if t is None:
+                    t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator)
+                if noise is None:
+                    noise = torch.randn(x0.shape, generator=generator)
+                x_t = q_sample(x0, t, noise, schedule)
+                return F.mse_loss(model(x_t, t), x0)
+        '''),
+        "not with x0",
+    ),
+    Mistake(
+        "loss_t_one_based", "ddpm_loss",
+        ("ddpm_loss_default_sampling",),
+        "draws t from {1, …, T} (the paper's 1-based range) instead of {0, …, T−1}",
+        _src('''
+            from ddpm_ref import q_sample
+
+
+            def ddpm_loss(model, x0, schedule, *, t=None, noise=None, generator=None):
+                if t is None:
+                    t = torch.randint(1, schedule.T + 1, (x0.shape[0],), generator=generator)
+                if noise is None:
+                    noise = torch.randn(x0.shape, generator=generator)
+                x_t = q_sample(x0, t, noise, schedule)
+                return F.mse_loss(model(x_t, t), noise)
+        '''),
+        "0-based",
+    ),
+    Mistake(
+        "train_step_no_zero_grad", "train_step",
+        ("train_step_updates_parameters",),
+        "never clears the gradients, so every step adds the previous steps' gradients",
+        _edit(TRAIN_STEP, "    optimizer.zero_grad()\n", ""),
+        "zero_grad",
+    ),
+    Mistake(
+        "train_step_no_clipping", "train_step",
+        ("train_step_clips_gradients",),
+        "ignores grad_clip: the gradient norm is never clipped",
+        _edit(TRAIN_STEP, "    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)\n", ""),
+        "clip_grad_norm_",
+    ),
+    # lesson 5
+    Mistake(
+        "p_sample_noise_at_t0", "p_sample",
+        ("p_sample_no_noise_at_t0", "p_sample_variance_beta"),
+        "adds σ_t·z at t = 0 too (the last step should return the mean)",
+        _edit(P_SAMPLE,
+              "    nonzero = (t > 0).float().reshape(-1, 1, 1, 1)\n    return mean + nonzero * var.sqrt() * noise",
+              "    return mean + var.sqrt() * noise"),
+        "noise was added at t = 0",
+    ),
+    Mistake(
+        "p_sample_never_clips", "p_sample",
+        ("p_sample_step", "p_sample_no_noise_at_t0", "p_sample_clip_x0", "p_sample_variance_beta"),
+        "ignores clip_x0: x̂0 is never clipped to [−1, 1] (Algorithm 2 as printed)",
+        _edit(P_SAMPLE, "    if clip_x0:\n        x0 = x0.clamp(-1, 1)\n", ""),
+        "clip x̂0",
+    ),
+    Mistake(
+        "sample_wrong_direction", "sample",
+        ("sample_visits_every_t_in_order", "sample_gaussian_data", "sample_point_mass", "sample_two_point_mixture"),
+        "runs the reverse loop from t = 0 up to T − 1",
+        _edit(SAMPLE, "for t in reversed(range(schedule.T)):", "for t in range(schedule.T):"),
+        "wrong direction",
+    ),
+    Mistake(
+        "sample_stops_before_t0", "sample",
+        ("sample_visits_every_t_in_order", "sample_point_mass", "sample_two_point_mixture"),
+        "the loop stops at t = 1, so the final denoising step is missing",
+        _edit(SAMPLE, "for t in reversed(range(schedule.T)):", "for t in range(schedule.T - 1, 0, -1):"),
+        "stops before t = 0",
+    ),
+    # lesson 6
+    Mistake(
+        "reconstruct_from_T", "reconstruct",
+        ("reconstruct_starts_at_t_start", "reconstruct_keeps_the_image", "reconstruct_return_noised"),
+        "noises x0 to T − 1 and denoises from T − 1, ignoring t_start (that is plain generation)",
+        _edit(_edit(RECONSTRUCT, "for t in range(t_start, -1, -1):", "for t in range(schedule.T - 1, -1, -1):"),
+              "x_t = q_sample(x0, t_start, noise, schedule)", "x_t = q_sample(x0, schedule.T - 1, noise, schedule)"),
+        "start the reverse steps at t_start",
+    ),
+    Mistake(
+        "psnr_without_range_mapping", "psnr",
+        ("psnr_known_noise", "psnr_batch_mean"),
+        "scores [−1, 1] images with data_range=1 without mapping them to [0, 1] (6.02 dB too low)",
+        _src('''
+            from skimage.metrics import peak_signal_noise_ratio
+
+
+            def psnr(x, y):
+                a, b = x.double().numpy(), y.double().numpy()
+                return float(np.mean([peak_signal_noise_ratio(a[i], b[i], data_range=1.0) for i in range(len(a))]))
+        '''),
+        "6.02 dB too low",
+    ),
+    Mistake(
+        "psnr_pooled_over_the_batch", "psnr",
+        ("psnr_batch_mean",),
+        "one PSNR from the MSE of the whole batch instead of the mean of per-image PSNRs",
+        _src('''
+            def psnr(x, y):
+                mse = (((x.double() + 1) / 2 - (y.double() + 1) / 2) ** 2).mean()
+                return float(10 * torch.log10(1 / mse))
+        '''),
+        "pooled",
+    ),
+    Mistake(
+        "ssim_without_range_mapping", "ssim",
+        ("ssim_matches_skimage",),
+        "scores [−1, 1] images with data_range=1 without mapping them to [0, 1]",
+        _src('''
+            from skimage.metrics import structural_similarity
+
+
+            def ssim(x, y):
+                a, b = x.double().numpy(), y.double().numpy()
+                return float(np.mean([structural_similarity(a[i], b[i], data_range=1.0, channel_axis=0)
+                                      for i in range(len(a))]))
+        '''),
+        "map them to [0, 1]",
+    ),
+    # lesson 7
+    Mistake(
+        "ddim_wrong_alpha_bar_prev_at_last_step", "ddim_step",
+        ("ddim_step_last_step_returns_x0",),
+        "reads alpha_bars[t_prev] also for t_prev = −1, which is ᾱ_{T−1} instead of 1",
+        _edit(DDIM_STEP, "ab_prev = schedule.alpha_bars[t_prev].item() if t_prev >= 0 else 1.0",
+              "ab_prev = schedule.alpha_bars[t_prev].item()"),
+        "Python's last element",
+    ),
+    Mistake(
+        "ddim_keeps_unclipped_eps", "ddim_step",
+        ("ddim_step_clip_recomputes_eps",),
+        "clips x̂0 but keeps the model's ε, so x̂0 and ε̂ disagree",
+        _edit(DDIM_STEP, "        eps = predict_eps(x_t, t_batch, x0, schedule)\n", ""),
+        "recompute",
+    ),
+    Mistake(
+        "ddim_sample_ends_at_t0", "ddim_sample",
+        ("ddim_sample_deterministic_chain", "ddim_sample_point_mass", "ddim_sample_two_point_mixture"),
+        "steps from the last timestep to t = 0 instead of t_prev = −1 (ᾱ = 1): the output keeps a little noise",
+        _edit(DDIM_SAMPLE, "t_prev = ts[i + 1] if i + 1 < len(ts) else -1",
+              "t_prev = ts[i + 1] if i + 1 < len(ts) else 0"),
+        "not to t = 0",
+    ),
+]
+
+# ------------------------------------------------------------------------------------------------ correct variants
+
+ALTERNATIVES: list[Alternative] = [
+    Alternative("linear_schedule_by_hand", "linear_beta_schedule", "a Python list comprehension", _src('''
+        def linear_beta_schedule(T, beta_start=1e-4, beta_end=2e-2):
+            return torch.tensor([beta_start + (beta_end - beta_start) * i / (T - 1) for i in range(T)],
+                                dtype=torch.float64)
+    ''')),
+    Alternative("cosine_schedule_numpy", "cosine_beta_schedule", "numpy, then a float64 tensor", _src('''
+        def cosine_beta_schedule(T, s=0.008, max_beta=0.999):
+            t = np.arange(T + 1) / T
+            f = np.cos((t + s) / (1 + s) * np.pi / 2) ** 2
+            return torch.from_numpy(np.minimum(1 - f[1:] / f[:-1], max_beta))
+    ''')),
+    Alternative("noise_schedule_loops", "NoiseSchedule", "tables filled with Python loops, gather by indexing",
+                _src('''
+        class NoiseSchedule:
+            def __init__(self, betas):
+                self.betas = torch.as_tensor(betas, dtype=torch.float64)
+                T = len(self.betas)
+                self.alphas = 1 - self.betas
+                ab, prev, acc = [], [], 1.0
+                for a in self.alphas.tolist():
+                    prev.append(acc)
+                    acc *= a
+                    ab.append(acc)
+                self.alpha_bars = torch.tensor(ab, dtype=torch.float64)
+                self.alpha_bars_prev = torch.tensor(prev, dtype=torch.float64)
+                b, a1, p = self.betas, self.alpha_bars, self.alpha_bars_prev
+                self.posterior_variance = torch.stack([b[i] * (1 - p[i]) / (1 - a1[i]) for i in range(T)])
+                self.posterior_mean_coef_x0 = torch.stack([p[i].sqrt() * b[i] / (1 - a1[i]) for i in range(T)])
+                self.posterior_mean_coef_xt = torch.stack(
+                    [self.alphas[i].sqrt() * (1 - p[i]) / (1 - a1[i]) for i in range(T)])
+
+            def gather(self, values, t, x):
+                t = torch.as_tensor(t).reshape(-1).expand(x.shape[0])
+                return values[t].to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+    ''')),
+    Alternative("q_sample_float32_indexing", "q_sample", "indexes the tables directly and computes in float32", _src('''
+        def q_sample(x0, t, noise, schedule):
+            ab = schedule.alpha_bars[t].float().reshape(-1, 1, 1, 1)
+            return torch.sqrt(ab) * x0 + torch.sqrt(1 - ab) * noise
+    ''')),
+    Alternative("predict_x0_float32", "predict_x0", "explicit float32 tables", _src('''
+        def predict_x0(x_t, t, eps, schedule):
+            sa = schedule.sqrt_alpha_bars.float()[t].view(-1, 1, 1, 1)
+            s1 = schedule.sqrt_one_minus_alpha_bars.float()[t].view(-1, 1, 1, 1)
+            return x_t / sa - s1 / sa * eps
+    ''')),
+    Alternative("q_posterior_from_formula", "q_posterior", "eq. 7 written out from β and ᾱ", _src('''
+        def q_posterior(x0, x_t, t, schedule):
+            g = lambda v: schedule.gather(v, t, x_t)
+            b, a, ab, prev = g(schedule.betas), g(schedule.alphas), g(schedule.alpha_bars), g(schedule.alpha_bars_prev)
+            mean = (prev.sqrt() * b * x0 + a.sqrt() * (1 - prev) * x_t) / (1 - ab)
+            return mean, b * (1 - prev) / (1 - ab)
+    ''')),
+    Alternative("embedding_pow", "SinusoidalTimeEmbedding", "10000 ** (−i/h) computed per call", _src('''
+        class SinusoidalTimeEmbedding(nn.Module):
+            def __init__(self, dim):
+                super().__init__()
+                self.dim = dim
+
+            def forward(self, t):
+                half = self.dim // 2
+                freqs = 10000.0 ** (-torch.arange(half, dtype=torch.float32) / half)
+                args = t.float().unsqueeze(1) * freqs.unsqueeze(0)
+                return torch.cat([args.sin(), args.cos()], dim=1)
+    ''')),
+    Alternative("resblock_other_names", "ResBlock", "other attribute names, SiLU modules, a separate time MLP",
+                _src('''
+        class ResBlock(nn.Module):
+            def __init__(self, in_ch, out_ch, emb_dim, *, groups=32, dropout=0.0):
+                super().__init__()
+                self.first = nn.Sequential(nn.GroupNorm(math.gcd(groups, in_ch), in_ch), nn.SiLU(),
+                                           nn.Conv2d(in_ch, out_ch, 3, padding=1))
+                self.time = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * out_ch))
+                self.norm = nn.GroupNorm(math.gcd(groups, out_ch), out_ch)
+                self.second = nn.Sequential(nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(out_ch, out_ch, 3, padding=1))
+                self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+            def forward(self, x, emb):
+                h = self.first(x)
+                s, b = self.time(emb).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
+                return self.shortcut(x) + self.second(self.norm(h) * (1 + s) + b)
+    ''')),
+    Alternative("attention_by_hand", "SelfAttention", "multi-head attention with einsum and the reference's names",
+                _src('''
+        class SelfAttention(nn.Module):
+            def __init__(self, channels, num_heads=1, *, groups=32):
+                super().__init__()
+                self.num_heads = num_heads
+                self.norm = nn.GroupNorm(math.gcd(groups, channels), channels)
+                self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+                self.proj = nn.Conv2d(channels, channels, 1)
+
+            def forward(self, x):
+                b, c, h, w = x.shape
+                n, d = self.num_heads, c // self.num_heads
+                q, k, v = self.qkv(self.norm(x)).reshape(b, 3, n, d, h * w).unbind(1)  # [B, n, d, HW]
+                weights = torch.einsum("bndi,bndj->bnij", q, k).div(math.sqrt(d)).softmax(dim=-1)
+                out = torch.einsum("bnij,bndj->bndi", weights, v).reshape(b, c, h, w)
+                return x + self.proj(out)
+    ''')),
+    Alternative("unet_student", "UNet", "a UNet assembled from the lesson's blocks", UNET),
+    Alternative("ddpm_loss_by_hand", "ddpm_loss", "noise and t drawn in the other order, squared error by hand",
+                _src('''
+        def ddpm_loss(model, x0, schedule, *, t=None, noise=None, generator=None):
+            if noise is None:
+                noise = torch.randn(x0.shape, generator=generator)
+            if t is None:
+                t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator)
+            ab = schedule.alpha_bars.float()[t].view(-1, 1, 1, 1)
+            x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+            return ((model(x_t, t) - noise) ** 2).mean()
+    ''')),
+    Alternative("train_step_student", "train_step", "zero_grad(set_to_none=False), clipping after backward",
+                _edit(TRAIN_STEP, "optimizer.zero_grad()", "optimizer.zero_grad(set_to_none=False)")),
+    Alternative("p_sample_log_variance", "p_sample", "σ from posterior_log_variance, the mean written out",
+                _src('''
+        @torch.no_grad()
+        def p_sample(model, x_t, t, schedule, *, generator=None, clip_x0=True, variance="posterior", noise=None):
+            t = torch.as_tensor(t).reshape(-1).expand(x_t.shape[0])
+            g = lambda v: v[t].float().view(-1, 1, 1, 1)
+            eps = model(x_t, t)
+            x0 = (x_t - g(schedule.sqrt_one_minus_alpha_bars) * eps) / g(schedule.sqrt_alpha_bars)
+            if clip_x0:
+                x0 = torch.clamp(x0, -1.0, 1.0)
+            mean = g(schedule.posterior_mean_coef_x0) * x0 + g(schedule.posterior_mean_coef_xt) * x_t
+            if variance == "posterior":
+                std = torch.exp(0.5 * g(schedule.posterior_log_variance))
+            else:
+                std = g(schedule.betas).sqrt()
+            z = torch.randn(x_t.shape, generator=generator) if noise is None else noise
+            return torch.where((t == 0).view(-1, 1, 1, 1), mean, mean + std * z)
+    ''')),
+    Alternative("sample_student", "sample", "the lesson's loop", SAMPLE),
+    Alternative("reconstruct_student", "reconstruct", "the lesson's loop", RECONSTRUCT),
+    Alternative("psnr_torch", "psnr", "PSNR by hand in torch, per image", _src('''
+        def psnr(x, y):
+            a, b = (x.double().clamp(-1, 1) + 1) / 2, (y.double().clamp(-1, 1) + 1) / 2
+            mse = ((a - b) ** 2).flatten(1).mean(dim=1)
+            return (10 * torch.log10(1.0 / mse)).mean().item()
+    ''')),
+    Alternative("ssim_skimage_float32", "ssim", "skimage on float32 arrays", _src('''
+        from skimage.metrics import structural_similarity
+
+
+        def ssim(x, y):
+            a, b = ((x + 1) / 2).numpy(), ((y + 1) / 2).numpy()
+            scores = [structural_similarity(a[i], b[i], data_range=1.0, channel_axis=0) for i in range(a.shape[0])]
+            return float(sum(scores) / len(scores))
+    ''')),
+    Alternative("ddim_step_student", "ddim_step", "the lesson's step", DDIM_STEP),
+    Alternative("ddim_sample_student", "ddim_sample", "the lesson's loop", DDIM_SAMPLE),
+]
+
+
+def by_name(name: str) -> Mistake:
+    """The mistake called ``name``."""
+    for m in MISTAKES:
+        if m.name == name:
+            return m
+    raise KeyError(f"no mistake named {name!r}")
+
+
+def hidden_checks(mistake: Mistake) -> set[str]:
+    """Which of ``mistake.breaks`` are hidden checks (graded by the ``check_<exercise>_hidden`` cell)."""
+    from tests.harness import REGISTRY, check_name, load_all_checks
+
+    load_all_checks()
+    hidden = {check_name(f) for f in REGISTRY.get(mistake.exercise, []) if f.hidden}
+    return set(mistake.breaks) & hidden

@@ -1,0 +1,96 @@
+"""The grader rejects wrong code and accepts right code.
+
+Each typical mistake of ``tests/mistakes.py`` is executed into a namespace built on ``ddpm_ref`` (so everything
+else is correct); exactly its listed checks must fail, and a failing message must name the mistake. Every
+correct variant must pass, and ``ddpm_ref`` passes every registered check with a namespace holding nothing but
+the exercise's own definition (so no check relies on another exercise's name).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+import ddpm_ref
+from tests.harness import EXERCISES, REGISTRY, check_name, load_all_checks, run_checks
+from tests.mistakes import ALTERNATIVES, MISTAKES, Alternative, Mistake, hidden_checks
+
+#: the mistakes the course promises to catch (by record name)
+REQUIRED = {
+    "q_sample_alpha_instead_of_alpha_bar", "q_sample_missing_sqrt", "q_sample_t_off_by_one",
+    "cumsum_instead_of_cumprod", "posterior_variance_is_beta", "p_sample_noise_at_t0", "predict_x0_inverted",
+    "resblock_batchnorm", "resblock_ignores_time", "embedding_frequencies_over_dim", "loss_on_x0",
+    "train_step_no_zero_grad", "sample_wrong_direction", "reconstruct_from_T", "psnr_without_range_mapping",
+    "ddim_wrong_alpha_bar_prev_at_last_step",
+}
+
+
+def notebook_namespace(source: str) -> dict:
+    """A lesson notebook's namespace: the usual imports, every ddpm_ref name, then ``source`` executed on top."""
+    ns = {"__name__": "__main__", "math": math, "np": np, "torch": torch, "nn": nn, "F": F}
+    ns.update({k: v for k, v in vars(ddpm_ref).items() if not k.startswith("_")})
+    exec(compile(source, "<student cell>", "exec"), ns)
+    return ns
+
+
+def run_every_check(exercise: str, namespace: dict) -> dict[str, str | None]:
+    """Visible and hidden checks of ``exercise``: {check name: None or the failure message}."""
+    load_all_checks()
+    results = run_checks(exercise, namespace, raise_on_failure=False)
+    if any(f.hidden for f in REGISTRY[exercise]):
+        results |= run_checks(exercise, namespace, hidden=True, raise_on_failure=False)
+    return results
+
+
+def defined_names(source: str) -> list[str]:
+    tree = ast.parse(source)
+    return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+
+
+def test_the_records_are_well_formed() -> None:
+    load_all_checks()
+    names = [m.name for m in MISTAKES] + [a.name for a in ALTERNATIVES]
+    assert len(names) == len(set(names)), "record names must be unique"
+    assert len(MISTAKES) >= 14 and REQUIRED <= {m.name for m in MISTAKES}, REQUIRED - {m.name for m in MISTAKES}
+    assert {m.exercise for m in MISTAKES} == set(EXERCISES), set(EXERCISES) - {m.exercise for m in MISTAKES}
+    for record in [*MISTAKES, *ALTERNATIVES]:
+        assert record.exercise in EXERCISES, record.name
+        assert defined_names(record.source) == [record.exercise], f"{record.name}: define exactly {record.exercise}"
+        assert record.description and "\n" not in record.description, record.name
+    for m in MISTAKES:
+        registered = {check_name(f) for f in REGISTRY[m.exercise]}
+        assert m.breaks and set(m.breaks) <= registered, f"{m.name}: unknown checks {set(m.breaks) - registered}"
+        assert m.feedback, m.name
+    assert hidden_checks(next(m for m in MISTAKES if m.name == "unet_skips_attention")) == {"UNet_seed_config_shapes"}
+
+
+@pytest.mark.parametrize("mistake", MISTAKES, ids=lambda m: m.name)
+def test_the_mistake_is_caught(mistake: Mistake) -> None:
+    results = run_every_check(mistake.exercise, notebook_namespace(mistake.source))
+    failed = {name for name, message in results.items() if message is not None}
+    assert failed == set(mistake.breaks), (
+        f"{mistake.name}: expected exactly {sorted(mistake.breaks)} to fail, got {sorted(failed)}:\n"
+        + "\n".join(f"  {n}: {results[n]}" for n in sorted(failed))
+    )
+    assert any(mistake.feedback in results[n] for n in failed), (
+        f"{mistake.name}: no failing message contains {mistake.feedback!r}:\n"
+        + "\n".join(f"  {n}: {results[n]}" for n in sorted(failed))
+    )
+
+
+@pytest.mark.parametrize("variant", ALTERNATIVES, ids=lambda a: a.name)
+def test_a_correct_variant_passes(variant: Alternative) -> None:
+    results = run_every_check(variant.exercise, notebook_namespace(variant.source))
+    assert all(message is None for message in results.values()), {n: m for n, m in results.items() if m}
+
+
+def test_the_reference_passes_every_check_using_only_its_own_name() -> None:
+    for exercise in EXERCISES:
+        results = run_every_check(exercise, {exercise: getattr(ddpm_ref, exercise)})
+        assert all(message is None for message in results.values()), (exercise, {n: m for n, m in results.items() if m})
