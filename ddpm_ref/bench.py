@@ -41,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,7 @@ class _PeakMemory:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.peak = 0
+        self.start = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -133,6 +135,7 @@ class _PeakMemory:
     def __enter__(self) -> _PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
         else:
             self.peak = self._rss()
             self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -187,6 +190,18 @@ class _TrainCase:
 
                 stack.enter_context(sdpa_kernel(SDPBackend.MATH))
             yield
+
+
+def _state_bytes(case: _TrainCase) -> int:
+    """Bytes of the case's parameters, gradients and optimizer state (what stays allocated between steps)."""
+    total = 0
+    for p in case.net.parameters():
+        total += p.numel() * p.element_size()
+        if p.grad is not None:
+            total += p.grad.numel() * p.grad.element_size()
+    for st in case.optimizer.state.values():
+        total += sum(v.numel() * v.element_size() for v in st.values() if isinstance(v, Tensor))
+    return total
 
 
 class _Trainer:
@@ -256,7 +271,10 @@ class _Trainer:
                 self._step(case)
             _sync(self.device)
             dt = (time.perf_counter() - t0) / self.steps
-        case.peak_bytes = max(case.peak_bytes, mem.peak)
+        if self.device.type == "cuda":  # this case's resident state plus what its step allocated on top
+            case.peak_bytes = max(case.peak_bytes, mem.peak - mem.start + _state_bytes(case))
+        else:
+            case.peak_bytes = max(case.peak_bytes, mem.peak)
         case.samples.setdefault(phase, []).append(dt)
         if not math.isfinite(case.last_loss):
             raise RuntimeError(f"{case.label}: the training loss became {case.last_loss}")
@@ -315,7 +333,8 @@ def _case_result(case: _TrainCase, phase: str, flops: int, batch: int, peak: tup
         "flop_per_s": flops / s,
         "share_of_peak": (flops / s / (peak[1] * 1e12)) if peak else None,
         "peak_memory_mb": case.peak_bytes / 2**20,
-        "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process RSS (sampled)",
+        "peak_memory_kind": ("cuda: this setting's weights, gradients and AdamW state plus the step's peak "
+                             "allocation" if device.type == "cuda" else "process RSS (sampled every 2 ms)"),
         "warmup_s": case.warmup_s,
         "compiled": case.opts.compile and case.compile_error is None,
         "compile_error": case.compile_error,
@@ -372,9 +391,11 @@ def bench_training(
         eager = best if not best.opts.compile else tr.build(best.opts.replace(compile=False, compile_mode=None))
         abl = [("SDPA math backend instead of fused attention kernels",
                 eager, tr.build(eager.opts, sdpa_math=True))]
-        if device.type == "cpu" and torch.get_num_threads() > 1:
-            abl.append((f"1 thread instead of {torch.get_num_threads()}", eager,
-                        tr.build(eager.opts.replace(threads=1))))
+        n = torch.get_num_threads()
+        alt = perf.default_threads() if n != perf.default_threads() else 1
+        if device.type == "cpu" and alt != n:
+            abl.append((f"{alt} CPU thread{'s' if alt > 1 else ''} instead of {n}", eager,
+                        tr.build(eager.opts.replace(threads=alt))))
         for what, ref, alt in abl:
             ref_s, alt_s = tr.measure([ref, alt], f"ablation:{what}", args.repeats)
             out["ablations"].append({"what": what, "reference": ref.label, "s_per_step_reference": ref_s,
@@ -443,71 +464,82 @@ def bench_sampling(config: TrainConfig, device: torch.device, args: argparse.Nam
     flop_per_image_eval = int(counter.get_total_flops())
 
     batches = [args.sample_batch] + ([args.sample_batch_large] if args.sample_batch_large else [])
-    plain = fresh()
-    rows: list[dict[str, Any]] = []
-    full: dict[str, Any] = {}
     log(f"sampling: {flop_per_image_eval / 1e9:.1f} GFLOP per image per step; optimised = {opts.label()} "
         "+ inference_mode")
-    b = args.sample_batch
-    with perf.backend_flags(opts, device):
-        t0 = time.perf_counter()
-        fast = perf.SamplingModel.build(fresh(), opts, example=(
-            torch.randn(shape_of(b), device=device), torch.full((b,), T - 1, dtype=torch.long, device=device)))
-        build_s = time.perf_counter() - t0
+    # (key, label, model, options, inference mode)
+    settings: list[tuple[str, str, nn.Module, PerfOptions, bool]] = [
+        ("baseline", "fp32 eager (no_grad)", fresh(), BASELINE, False)]
+    eager_opts = opts.replace(compile=False, compile_mode=None)
+    settings.append(("optimised", eager_opts.label() + " + inference_mode",
+                     perf.SamplingModel.build(fresh(), eager_opts), eager_opts, True))
+    build_s = None
+    if opts.compile:
+        b = args.sample_batch
+        with perf.backend_flags(opts, device):
+            t0 = time.perf_counter()
+            fast = perf.SamplingModel.build(fresh(), opts, example=(
+                torch.randn(shape_of(b), device=device), torch.full((b,), T - 1, dtype=torch.long, device=device)))
+            build_s = time.perf_counter() - t0
+        if fast._runner is not None:
+            settings.append(("optimised_compiled", opts.label() + " + inference_mode", fast, opts, True))
+        else:
+            log("  compile fell back to eager for sampling: the compiled setting is left out")
+    rows: list[dict[str, Any]] = []
     for b in batches:
         x = torch.randn(shape_of(b), generator=torch.Generator().manual_seed(1)).to(device)
-        settings = [("fp32 eager (no_grad)", plain, BASELINE, False)] if b == args.sample_batch else []
-        settings.append((opts.label() + " + inference_mode", fast, opts, True))
-        k = args.sample_steps
-        for _name, model, o, inference in settings:  # warm-up (a new batch size recompiles here)
+        here = settings if b == args.sample_batch else [st for st in settings if st[0] != "baseline"]
+        for _key, _label, model, o, inference in here:  # warm-up (a new batch size recompiles here)
             with perf.backend_flags(o, device):
                 for kind in ("ddpm", "ddim"):
-                    _time_sampler_steps(model, schedule, x, kind, 2, n_ddim, inference, device)
+                    _time_sampler_steps(model, schedule, x, kind, 2 if device.type == "cuda" else 1, n_ddim,
+                                        inference, device)
         times: dict[tuple[str, str], list[float]] = {}
         for _ in range(args.repeats):
-            for name, model, o, inference in settings:
+            for key, _label, model, o, inference in here:
                 with perf.backend_flags(o, device):
                     for kind in ("ddpm", "ddim"):
-                        times.setdefault((name, kind), []).append(
-                            _time_sampler_steps(model, schedule, x, kind, k, n_ddim, inference, device))
-        for name, model, _o, inference in settings:
+                        times.setdefault((key, kind), []).append(
+                            _time_sampler_steps(model, schedule, x, kind, args.sample_steps, n_ddim, inference,
+                                                device))
+        for key, label, _model, _o, _inference in here:
             for kind in ("ddpm", "ddim"):
-                s = _median(times[(name, kind)])
+                sec = _median(times[(key, kind)])
                 steps = T if kind == "ddpm" else n_ddim
-                row = {"sampler": kind, "steps": steps, "setting": name, "batch": b, "s_per_step": s,
-                       "s_per_step_samples": times[(name, kind)],
-                       "images_per_s": b / (s * steps), "flop_per_s": flop_per_image_eval * b / s,
-                       "share_of_peak": flop_per_image_eval * b / s / (peak[1] * 1e12) if peak else None,
-                       "wall_s_estimated": s * steps, "optimised": inference,
-                       "compiled": bool(getattr(model, "_runner", None) is not None)}
-                if inference and b == args.sample_batch:
-                    row["build_s"] = build_s
+                row = {"sampler": kind, "steps": steps, "setting": label, "key": key, "batch": b,
+                       "s_per_step": sec, "s_per_step_samples": times[(key, kind)],
+                       "images_per_s": b / (sec * steps), "flop_per_s": flop_per_image_eval * b / sec,
+                       "share_of_peak": flop_per_image_eval * b / sec / (peak[1] * 1e12) if peak else None,
+                       "wall_s_estimated": sec * steps, "optimised": key != "baseline",
+                       "compiled": key == "optimised_compiled"}
+                if key == "optimised_compiled":
+                    row["compile_s"] = build_s
                 rows.append(row)
-                log(f"  {kind} {name} batch {b}: {s * 1e3:.1f} ms/step, {row['images_per_s']:.3g} images/s")
-        if args.full_sampling and b == args.sample_batch:
-            log(f"  full chains for {b} images ({T} DDPM steps, {n_ddim} DDIM steps) …")
-            for name, model, o, inference in settings:
-                with perf.backend_flags(o, device):
-                    for kind in ("ddpm", "ddim"):
-                        full[f"{kind}|{name}"] = _time_full_chain(model, schedule, shape_of(b), kind, n_ddim,
-                                                                 inference, device)
+                log(f"  {kind} {label} batch {b}: {sec * 1e3:.1f} ms/step, {row['images_per_s']:.3g} images/s")
 
-    def wall(kind: str, optimised: bool) -> tuple[float, bool]:
-        row = next(r for r in rows if r["sampler"] == kind and r["optimised"] == optimised
-                   and r["batch"] == args.sample_batch)
-        key = f"{kind}|{row['setting']}"
-        return (full[key], True) if key in full else (row["wall_s_estimated"], False)
+    def row_of(kind: str, key: str) -> dict[str, Any]:
+        return next(r for r in rows if r["sampler"] == kind and r["key"] == key and r["batch"] == args.sample_batch)
 
+    # the optimised sampler is the faster of eager and compiled (DDPM and DDIM time the same network)
+    best_key = min((k for k in ("optimised", "optimised_compiled") if any(r["key"] == k for r in rows)),
+                   key=lambda k: row_of("ddpm", k)["s_per_step"] + row_of("ddim", k)["s_per_step"])
+    full: dict[str, float] = {}
     walls = {}
-    for optimised in (False, True):
-        (w_ddpm, m1), (w_ddim, m2) = wall("ddpm", optimised), wall("ddim", optimised)
-        walls["optimised" if optimised else "baseline"] = {
-            "images": args.sample_batch, "ddpm_steps": T, "ddim_steps": n_ddim,
-            "ddpm_wall_s": w_ddpm, "ddim_wall_s": w_ddim, "ddim_speedup": w_ddpm / w_ddim,
-            "measured_end_to_end": m1 and m2,
-        }
-    return {"flop_per_image_per_step": flop_per_image_eval, "options": opts.to_dict(), "rows": rows,
-            "wall": walls, "full_chain_s": full}
+    for name, key in (("baseline", "baseline"), ("optimised", best_key)):
+        st = next(x for x in settings if x[0] == key)
+        if args.full_sampling:
+            log(f"  full chains for {args.sample_batch} images, {st[1]} ({T} DDPM steps, {n_ddim} DDIM steps) …")
+            with perf.backend_flags(st[3], device):
+                for kind in ("ddpm", "ddim"):
+                    full[f"{kind}|{key}"] = _time_full_chain(st[2], schedule, shape_of(args.sample_batch), kind,
+                                                             n_ddim, st[4], device)
+        w = {kind: full.get(f"{kind}|{key}", row_of(kind, key)["wall_s_estimated"]) for kind in ("ddpm", "ddim")}
+        walls[name] = {"setting": st[1], "images": args.sample_batch, "ddpm_steps": T, "ddim_steps": n_ddim,
+                       "ddpm_wall_s": w["ddpm"], "ddim_wall_s": w["ddim"], "ddim_speedup": w["ddpm"] / w["ddim"],
+                       "measured_end_to_end": args.full_sampling}
+    walls["optimised"]["speedup_over_baseline_ddpm"] = walls["baseline"]["ddpm_wall_s"] / walls["optimised"][
+        "ddpm_wall_s"]
+    return {"flop_per_image_per_step": flop_per_image_eval, "options": opts.to_dict(), "best": best_key,
+            "rows": rows, "wall": walls, "full_chain_s": full}
 
 
 def oracle_check(schedule: NoiseSchedule, *, n: int = 1000, ddim_steps: int = 50, seed: int = 4) -> dict[str, Any]:
@@ -624,6 +656,10 @@ def _machine(device: torch.device) -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     info["cpu"] = cpu
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # newer torch deprecates these flags in favour of fp32_precision
+        info["tf32"] = {"cudnn_conv": bool(torch.backends.cudnn.allow_tf32),
+                        "cuda_matmul": bool(torch.backends.cuda.matmul.allow_tf32)}
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
         info.update(gpu=p.name, capability=f"{p.major}.{p.minor}", gpu_memory_gb=p.total_memory / 2**30,
@@ -784,10 +820,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--loader", action=argparse.BooleanOptionalAction, default=None,
                         help="time the image-folder loader per worker count (default: on for images >= 128 px)")
     parser.add_argument("--loader-images", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's default)")
+    parser.add_argument("--threads", default="0", help="CPU threads: a number, 'auto' (the cores the load "
+                        "leaves idle, ddpm_ref.perf.cpu_threads) or 0 for torch's default")
     parser.add_argument("--out", default=None, help="JSON path (default: bench_<preset>_<device>.json)")
     parser.add_argument("--quiet", action="store_true", help="print only the tables")
     return parser
+
+
+def _positive_int(text: Any, name: str, minimum: int = 1) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {text!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
 
 
 def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, torch.device]:
@@ -819,8 +866,9 @@ def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, torch.device]:
     for name in ("repeats", "sample_batch", "ddim_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = perf.cpu_threads() if str(args.threads) == "auto" else _positive_int(args.threads, "--threads", 0)
+    if threads:
+        torch.set_num_threads(threads)
     return config, device
 
 

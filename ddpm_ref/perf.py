@@ -43,6 +43,7 @@ __all__ = [
     "CPU_DEMO",
     "recommended",
     "available_cores",
+    "default_threads",
     "cpu_threads",
     "cpu_has_native_bf16",
     "configure",
@@ -103,6 +104,11 @@ class PerfOptions:
 BASELINE = PerfOptions()
 
 _DEFAULT_THREADS = torch.get_num_threads()  # torch's choice at start-up: one per physical core
+
+
+def default_threads() -> int:
+    """torch's intra-op thread count at start-up (one per physical core), whatever was set since."""
+    return _DEFAULT_THREADS
 
 
 def available_cores() -> int:
