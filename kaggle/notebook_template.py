@@ -376,8 +376,10 @@ kg.show_image(save_reverse_strip(frames, samples, WORK_DIR / "reverse_strips.png
 # ## 10 · Reconstruction from partial noising (t = 300)
 #
 # A face is pushed forward to x_{t_start} with eq. 4 and the reverse chain runs from there back to t = 0. At
-# t_start = 300 with the seed's schedule √ᾱ ≈ 0.27 of the face survives: the low frequencies (pose, hair, skin
-# tone) are still there, the details are re-invented. At t_start = T−1 it would be plain generation. The targets
+# t_start = 300 with the seed's schedule x_t keeps √ᾱ ≈ 0.32 of the face: the low frequencies (pose, hair, skin
+# tone) are still there, the details are re-invented. At t_start = T−1 it would be plain generation. The schedule
+# that reaches pure noise keeps only √ᾱ ≈ 0.06 at t = 300, so compare the two schedules at equal √ᾱ (the sweep of
+# section 11), not at equal t. The targets
 # are the first 5 images of the dataset in sorted path order (the protocol of `ddpm_ref.evaluate`); the seed
 # trains on every image, so they were seen in training.
 
@@ -390,8 +392,8 @@ scores, noised, recon = evaluate_reconstruction(ema_model, schedule, targets, [T
 psnrs, ssims = scores[T_START]
 save_image(targets[0], WORK_DIR / "target.png")
 save_image(recon[T_START][0], WORK_DIR / "reconstructed.png")
-print(f"targets: {target_source}\nimage 0: PSNR {psnrs[0]:.2f} dB, SSIM {ssims[0]:.3f} at t_start = {T_START} "
-      f"→ target.png, reconstructed.png")
+print(f"targets: {target_source}; x_t keeps √ᾱ = {schedule.sqrt_alpha_bars[T_START].item():.3f} of each at "
+      f"t_start = {T_START}\nimage 0: PSNR {psnrs[0]:.2f} dB, SSIM {ssims[0]:.3f} → target.png, reconstructed.png")
 kg.show_image(save_reconstruction_figure(targets, noised, recon,
                                          {T_START: (float(np.mean(psnrs)), float(np.mean(ssims)))},
                                          WORK_DIR / "reconstruction.png"))
