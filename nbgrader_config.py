@@ -1,0 +1,103 @@
+"""nbgrader configuration of the course (nbgrader 0.9).
+
+The course directory is the folder of this file (the repository root): source notebooks in ``solutions/``,
+released student notebooks in ``lessons/``, and the grading folders ``submitted/``, ``autograded/`` and
+``feedback/`` next to them (git-ignored, like ``gradebook.db``). See ``solutions/README.md``.
+"""
+
+import math
+import os
+import time
+
+from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
+from nbformat.v4 import new_output
+from nbgrader.preprocessors import (
+    AssignLatePenalties,
+    CheckCellMetadata,
+    ClearHiddenTests,
+    Execute,
+    GetGrades,
+    IgnorePattern,
+    LimitOutput,
+    NbGraderPreprocessor,
+    SaveAutoGrades,
+)
+from traitlets import Integer
+
+#: seconds one cell may run while grading: the FAST training and sampling cells take well under a minute
+CELL_TIMEOUT_S = 90
+#: seconds one notebook may run in all: later cells of a notebook over budget are scored 0 without running
+NOTEBOOK_TIMEOUT_S = 360
+
+
+class CourseExecute(Execute):
+    """nbgrader's Execute with a per-notebook deadline on top of the per-cell timeout.
+
+    A submission that loops is interrupted after ``timeout`` seconds in that cell; once the notebook has run
+    ``notebook_timeout`` seconds, the remaining code cells are not run and get an error (score 0).
+    """
+
+    notebook_timeout = Integer(
+        NOTEBOOK_TIMEOUT_S, help="seconds one notebook may run in all before its remaining cells are skipped"
+    ).tag(config=True)
+
+    def preprocess(self, nb, resources=None, km=None):
+        self._deadline = time.monotonic() + self.notebook_timeout
+        return super().preprocess(nb, resources, km)
+
+    def _get_timeout(self, cell):
+        cell_timeout = super()._get_timeout(cell)
+        left = max(1, math.ceil(getattr(self, "_deadline", math.inf) - time.monotonic()))
+        return left if cell_timeout is None else min(cell_timeout, left)
+
+    def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type == "code" and time.monotonic() >= getattr(self, "_deadline", math.inf):
+            message = f"not run: the notebook used up its {self.notebook_timeout} s (is there an endless loop?)"
+            cell.outputs = [new_output("error", ename="NotebookTimeoutError", evalue=message,
+                                       traceback=[f"NotebookTimeoutError: {message}"])]
+            return cell, resources
+        return super().preprocess_cell(cell, resources, index)
+
+
+class HideHiddenTestOutput(NbGraderPreprocessor):
+    """In feedback, replace what a hidden test cell printed by one line with its score (the details stay hidden)."""
+
+    def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type == "code" and "BEGIN HIDDEN TESTS" in cell.source:
+            meta = cell.metadata.get("nbgrader", {})
+            score, points = meta.get("score"), meta.get("points")
+            verdict = "passed" if score is not None and points is not None and score >= points else "not passed"
+            cell.outputs = [new_output("stream", name="stdout",
+                                       text=f"Hidden checks {verdict} ({score:g} of {points:g} points).\n"
+                                       if score is not None and points is not None
+                                       else f"Hidden checks {verdict}.\n")]
+        return cell, resources
+
+
+c = get_config()  # noqa: F821 (provided by traitlets when it loads this file)
+
+c.CourseDirectory.root = os.path.dirname(os.path.abspath(__file__))
+c.CourseDirectory.course_id = "ddpm-course"
+c.CourseDirectory.source_directory = "solutions"
+c.CourseDirectory.release_directory = "lessons"
+# only notebooks and data belong to an assignment (no caches, no checkpoints)
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".DS_Store"]
+
+c.Execute.timeout = CELL_TIMEOUT_S
+c.Execute.interrupt_on_timeout = True
+c.Autograde.autograde_preprocessors = [
+    CourseExecute,
+    IgnorePattern,
+    ClearMetadataPreprocessor,
+    LimitOutput,
+    SaveAutoGrades,
+    AssignLatePenalties,
+    CheckCellMetadata,
+]
+
+# feedback and autograded notebooks: no endless outputs, short tracebacks
+c.LimitOutput.max_lines = 200
+c.LimitOutput.max_traceback = 16
+
+# feedback: the hidden tests' code and output are not shown, only their score
+c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTestOutput, ClearHiddenTests, CSSHTMLHeaderPreprocessor]
