@@ -39,6 +39,7 @@ __all__ = [
     "find_image_dir",
     "count_images",
     "adopt_previous_run",
+    "resume_conflicts",
     "cpu_count",
     "loader_workers",
     "format_duration",
@@ -231,6 +232,26 @@ def adopt_previous_run(
             copied.append(dst)
     return Adopted(run_dir / ckpt_name, step, copied,
                    f"continuing the attached run {run_dir} from step {step} ({len(copied)} files copied)")
+
+
+#: settings that define the model and the diffusion: a checkpoint trained with other values cannot be continued
+MODEL_FIELDS = ("image_size", "channels", "model_channels", "num_res_blocks", "attention", "num_heads",
+                "beta_schedule", "T", "beta_start", "beta_end")
+
+
+def resume_conflicts(checkpoint: Path, config: Any) -> list[str]:
+    """How ``config`` differs from the config stored in ``checkpoint`` in :data:`MODEL_FIELDS` (empty: compatible).
+
+    Each entry reads ``"beta_schedule: linear in the checkpoint, scaled_linear now"``. A missing file has none.
+    """
+    import torch
+
+    if not Path(checkpoint).is_file():
+        return []
+    stored = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("config", {})
+    now = config.to_dict()
+    return [f"{k}: {stored[k]} in the checkpoint, {now[k]} now" for k in MODEL_FIELDS
+            if k in stored and stored[k] != now[k]]
 
 
 def cpu_count() -> int:

@@ -91,9 +91,10 @@ print(f"mixed precision: {AMP_DTYPE or 'off (fp32)'}{scaler_note}")
 # preset `celebahq256-fixed`, identical except that both ends of β are scaled by 1000/T (Nichol & Dhariwal 2021,
 # §3.2: β from 2.5e-4 to 5e-2), which reaches ᾱ₃₉₉ ≈ 4e-5. Section 4 prints and plots both schedules.
 #
-# `PARALLEL = "dp"` is the seed's `nn.DataParallel` (one process drives both GPUs). `"ddp"` launches
-# DistributedDataParallel with `torchrun`, one process per GPU, from the training cell: usually faster on two
-# T4s because the GPUs do not wait for one Python thread; the checkpoints are the same.
+# `PARALLEL = "dp"` is the seed's `nn.DataParallel`: one process drives both GPUs, replicating the model and
+# gathering the outputs on GPU 0 at every step. `"ddp"` launches DistributedDataParallel with `torchrun` from the
+# training cell, one process per GPU, which PyTorch's documentation recommends over DataParallel even on one
+# machine; the checkpoints are the same, so a run can switch between the two.
 
 # %%
 from ddpm_ref.config import PRESETS, get_config
@@ -293,6 +294,11 @@ print(adopted.note)
 # %%
 from ddpm_ref.train import Trainer
 
+conflicts = kg.resume_conflicts(WORK_DIR / "checkpoints" / "ckpt_latest.pt", cfg)
+if conflicts:
+    raise RuntimeError(f"{WORK_DIR / 'checkpoints' / 'ckpt_latest.pt'} belongs to another model or schedule "
+                       f"({'; '.join(conflicts)}): restore the settings of section 2, or start a new run by "
+                       "moving the checkpoints folder away")
 budget_s = TIME_BUDGET_H * 3600 - (time.time() - NOTEBOOK_T0)
 if budget_s < 60:
     raise RuntimeError(f"only {budget_s:.0f} s of the {TIME_BUDGET_H} h budget are left: raise TIME_BUDGET_H")

@@ -267,3 +267,15 @@ def test_notebook_progress_estimates_the_finish(kg: ModuleType, monkeypatch: pyt
     assert "first estimate after 5 steps" in capsys.readouterr().out
     cb.on_epoch_end(trainer, {"epoch": 5, "step": 50, "loss": 0.25, "lr": 1e-4, "images_per_s": 32.0})
     assert capsys.readouterr().out.startswith("epoch 5/10  step 50  loss 0.2500  lr 1.00e-04  32.0 img/s")
+
+
+def test_resume_conflicts_name_the_changed_model_settings(kg: ModuleType, tmp_path: Path) -> None:
+    from ddpm_ref.config import get_config
+
+    seed = get_config("seed-celebahq256")
+    path = tmp_path / "ckpt_latest.pt"
+    assert kg.resume_conflicts(path, seed) == []  # nothing to resume: nothing in the way
+    torch.save({"format": "ddpm_ref.ckpt/1", "step": 3, "config": seed.to_dict()}, path)
+    assert kg.resume_conflicts(path, seed.replace(epochs=40, time_budget_s=60.0, num_workers=3)) == []
+    fixed = get_config("celebahq256-fixed")
+    assert kg.resume_conflicts(path, fixed) == ["beta_schedule: linear in the checkpoint, scaled_linear now"]
