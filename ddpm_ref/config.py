@@ -181,7 +181,7 @@ PRESETS: dict[str, TrainConfig] = {
     "lfw-tiny": TrainConfig(
         name="lfw-tiny", data="lfw", image_size=24, channels=1, model_channels=(32, 64), num_res_blocks=2,
         attention=True, beta_schedule="cosine", T=300, batch_size=32, lr=1e-3, weight_decay=1e-4,
-        lr_schedule="cosine", warmup_steps=100, grad_clip=1.0, ema_decay=0.995, amp="auto", epochs=60,
+        lr_schedule="cosine", warmup_steps=100, grad_clip=1.0, ema_decay=0.995, amp="auto", epochs=40,
         dataset_repeat=32, milestone_every=20, preview_every=10, preview_n=16, num_workers=0,
     ),
 }

@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import Tensor  # noqa: E402
@@ -66,29 +67,42 @@ def save_grid(x: Tensor, path: str | Path, *, nrow: int | None = None, scale: in
     return save_image(grid, path)
 
 
-def save_reverse_strip(frames: Mapping[int, Tensor], final: Tensor, path: str | Path, *, scale: int = 1) -> Path:
-    """Rows: images; columns: x_t at the kept t (descending) and the final x_0. Titles give t."""
-    ts = sorted(frames, reverse=True)
-    cols = [frames[t] for t in ts] + [final.detach().cpu()]
-    labels = [f"t={t}" for t in ts] + ["x0"]
-    n = final.shape[0]
-    fig, axes = plt.subplots(n, len(cols), figsize=(1.1 * len(cols), 1.15 * n + 0.2), squeeze=False)
-    for j, (col, label) in enumerate(zip(cols, labels, strict=True)):
-        for i in range(n):
-            ax = axes[i][j]
-            img = to_uint8_image(_enlarge(col[i : i + 1].clamp(-1, 1), scale)[0])
-            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(label, fontsize=8)
-    fig.suptitle("reverse process x_t → x_0", fontsize=9)
-    fig.tight_layout()
+def _labelled_grid(rows: list[Tensor], row_labels: list[str], col_labels: list[str] | None, title: str,
+                   path: str | Path, scale: int) -> Path:
+    """One image of len(rows) rows (each [N, C, H, W]) with text labels: a single matplotlib axes (fast)."""
+    n = rows[0].shape[0]
+    tiles = torch.cat([_enlarge(r.detach().cpu().clamp(-1, 1), scale) for r in rows])
+    pad = 2
+    grid = make_grid(tiles, nrow=n, padding=pad, pad_value=1.0)
+    img = to_uint8_image(grid)
+    h, w = img.shape[:2]
+    tile_h, tile_w = (h - pad) / len(rows), (w - pad) / n
+    left = 1.3 if any(row_labels) else 0.1
+    fig = plt.figure(figsize=(w / 100 + left, h / 100 + 0.45), dpi=100)
+    ax = fig.add_axes((left / (w / 100 + left), 0.0, (w / 100) / (w / 100 + left), (h / 100) / (h / 100 + 0.45)))
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+    ax.set_axis_off()
+    for r, label in enumerate(row_labels):
+        ax.text(-4, pad + (r + 0.5) * tile_h, label, ha="right", va="center", fontsize=7)
+    for c, label in enumerate(col_labels or []):
+        ax.text(pad + (c + 0.5) * tile_w, -3, label, ha="center", va="bottom", fontsize=7)
+    fig.suptitle(title, fontsize=8, y=0.995, va="top")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def save_reverse_strip(frames: Mapping[int, Tensor], final: Tensor, path: str | Path, *, scale: int = 1) -> Path:
+    """Rows: images; columns: x_t at the kept t (descending), then the final x_0; column titles give t."""
+    ts = sorted(frames, reverse=True)
+    cols = [frames[t].cpu() for t in ts] + [final.detach().cpu()]
+    n = final.shape[0]
+    # one row per image: regroup [column][image] → [image][column]
+    rows = [torch.stack([c[i] for c in cols]) for i in range(n)]
+    return _labelled_grid(rows, [""] * n, [f"t={t}" for t in ts] + ["x0"], "reverse process x_t → x_0", path,
+                          scale)
 
 
 def save_reconstruction_figure(
@@ -101,29 +115,13 @@ def save_reconstruction_figure(
     scale: int = 1,
 ) -> Path:
     """Row 1: targets; then per t_start a row of x_{t_start} and a row of reconstructions with PSNR/SSIM."""
-    ts = sorted(recon)
-    rows: list[tuple[str, Tensor]] = [("target", target)]
-    for t in ts:
-        rows.append((f"x_t, t={t}", noised[t]))
+    rows, labels = [target.cpu()], ["target"]
+    for t in sorted(recon):
         p, s = scores[t]
-        rows.append((f"recon t={t}\n{p:.1f} dB / {s:.2f}", recon[t]))
-    n = target.shape[0]
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.0 * n + 1.4, 1.05 * len(rows)), squeeze=False)
-    for r, (label, imgs) in enumerate(rows):
-        for i in range(n):
-            ax = axes[r][i]
-            img = to_uint8_image(_enlarge(imgs[i : i + 1].detach().cpu().clamp(-1, 1), scale)[0])
-            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r][0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
-    fig.suptitle("reconstruction of held-out images (PSNR / SSIM, mean over the row)", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        rows += [noised[t].cpu(), recon[t].cpu()]
+        labels += [f"x_t, t={t}", f"recon from t={t}\n{p:.1f} dB / SSIM {s:.2f}"]
+    return _labelled_grid(rows, labels, None, "held-out images noised to t and denoised (mean PSNR / SSIM per row)",
+                          path, scale)
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:

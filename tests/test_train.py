@@ -154,8 +154,8 @@ def test_tiny_lfw_run_loss_falls_and_writes_the_seed_layout(tmp_path: Path):
 
 
 def test_time_budget_and_max_steps_stop_cleanly_and_save(tmp_path: Path):
-    cfg = get_config("lfw-tiny", T=20, model_channels=(8, 16), num_res_blocks=1, batch_size=30, max_steps=4, dataset_repeat=1,
-                     preview_every=0)
+    cfg = get_config("lfw-tiny", T=20, model_channels=(8, 16), num_res_blocks=1, batch_size=30, max_steps=4,
+                     dataset_repeat=1, preview_every=0)
     r = Trainer(cfg, tmp_path / "a", progress=False).fit()
     assert r.stopped == "max_steps" and r.step == 4
     assert torch.load(tmp_path / "a" / "checkpoints" / "ckpt_latest.pt", weights_only=True)["epoch_step"] == 1

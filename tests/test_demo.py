@@ -1,0 +1,50 @@
+"""The demo end to end on a tiny configuration: every promised file, the printed summary, the scores."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ddpm_ref.config import get_config
+from ddpm_ref.demo import calibrate_steps, run_demo
+from ddpm_ref.evaluate import default_t_starts
+
+
+def test_demo_writes_every_output_says_where_and_starts_from_scratch(tmp_path: Path):
+    cfg = get_config("lfw-tiny", T=40, model_channels=(8, 16), num_res_blocks=1, batch_size=30, dataset_repeat=1)
+    out = tmp_path / "demo"
+    run_demo(out, steps=3, config=cfg, n_samples=4, progress=False, log=lambda s: None)
+    lines: list[str] = []
+    res = run_demo(out, steps=9, config=cfg, n_samples=12, progress=False, log=lines.append)
+    assert res.train.step == 9 and res.train.stopped == "epochs"  # a fresh run: not 3 + 9 steps
+    with open(out / "losses.csv", newline="") as f:
+        assert [r["step"] for r in csv.DictReader(f)] == ["3", "6", "9"]
+    for name in ("samples.png", "nearest_train.png", "reverse_process.png", "loss.png", "losses.csv",
+                 "reconstruction.png", "evaluate.csv", "evaluate.png", "target.png", "reconstructed.png",
+                 "checkpoints/ckpt_latest.pt", "generated/sample_000.png", "generated/sample_004.png"):
+        assert (out / name).is_file(), name
+    with Image.open(out / "samples.png") as im:  # 6 columns of 24 px faces enlarged ×4, 2 px padding
+        assert im.size[0] == 6 * 24 * 4 + 7 * 2
+    with open(out / "evaluate.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["t_start"]) for r in rows] == default_t_starts(40) == sorted(res.scores)
+    assert all(int(r["n_images"]) == 10 for r in rows)
+    text = "\n".join(lines)
+    assert "demo finished" in text and "files:" in text and str(out / "samples.png") in text
+    for t in default_t_starts(40):
+        assert f"t_start={t:4d}" in text
+    assert 0 <= res.nearest_mse < 4
+
+
+def test_calibration_scales_with_the_budget():
+    cfg = get_config("lfw-tiny", model_channels=(8, 16), num_res_blocks=1, batch_size=8)
+    threads = torch.get_num_threads()
+    try:
+        short, long = calibrate_steps(cfg, 1.0, probe_steps=4), calibrate_steps(cfg, 100.0, probe_steps=4)
+        assert torch.get_num_threads() in (1, threads)  # it keeps the faster of 1 and the default
+    finally:
+        torch.set_num_threads(threads)
+    assert 1 <= short < long
