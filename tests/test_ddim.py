@@ -145,6 +145,29 @@ def test_ddim_step_eta(impl) -> None:
                      ], hint="σ = η·√((1 − ᾱ_prev)/(1 − ᾱ_t))·√(1 − ᾱ_t/ᾱ_prev) (eq. 16)")
 
 
+@check("ddim_step", hidden=True)
+def test_ddim_step_fresh_noise(impl) -> None:
+    """η = 1 without ``noise``: z ~ N(0, I) from ``generator`` (same seed, same step); over t → t − 1, σ² = β̃_t."""
+    s = seed_schedule()
+    x_t = torch.zeros(2000, 1, 2, 2)
+    a = _step(impl, x_t, 200, 199, s, eta=1.0, clip_x0=False, generator=gen(0))
+    b = _step(impl, x_t, 200, 199, s, eta=1.0, clip_x0=False, generator=gen(0))
+    c = _step(impl, x_t, 200, 199, s, eta=1.0, clip_x0=False, generator=gen(1))
+    if not torch.equal(a, b) or torch.equal(a, c):
+        raise AssertionError(
+            "with η > 0 and no noise given, draw z from the generator: the same seed must give the same step and "
+            "another seed another one. Hint: torch.randn(x_t.shape, generator=generator)"
+        )
+    sigma = float(s.posterior_variance[200].sqrt())  # η = 1 over one step: σ² = β̃_t
+    z = (a.double() - ddim_closed_form(s, x_t, 200, 199, eta=1.0, clip=False)) / sigma
+    m, sd = float(z.mean()), float(z.std())
+    if abs(m) > 0.05 or abs(sd - 1) > 0.05:
+        raise AssertionError(
+            f"with η = 1 from t = 200 to 199, σ should be √β̃_200 = {sigma:.4f} and z ~ N(0, I); (x_prev − mean)/σ "
+            f"has mean {m:.3f} and std {sd:.3f}. Hint: σ = η·√((1 − ᾱ_prev)/(1 − ᾱ_t))·√(1 − ᾱ_t/ᾱ_prev)"
+        )
+
+
 # ---------------------------------------------------------------------------------------- ddim_sample
 
 
