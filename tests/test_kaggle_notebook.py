@@ -219,7 +219,8 @@ def test_missing_dataset_stops_at_section_3_naming_the_dataset(tmp_path: Path) -
 
 def test_ddp_switch_trains_with_torchrun(faces: Path, tmp_path: Path) -> None:
     nb = run_notebook(_input_root(tmp_path, faces), tmp_path / "working", tmp_path / "cwd",
-                      overrides={"epochs": 2, "preview_every": 0}, env={"DDPM_PARALLEL": "ddp", "DDPM_DDP_PROCESSES": "2"},
+                      overrides={"epochs": 2, "preview_every": 0},
+                      env={"DDPM_PARALLEL": "ddp", "DDPM_DDP_PROCESSES": "2"},
                       stop_after="kg.torchrun_command")
     text = text_of(nb)
     assert "torch.distributed.run --standalone --nproc_per_node=2 -m ddpm_ref train" in text
