@@ -104,19 +104,23 @@ def run_demo(
     t_wall = time.perf_counter()
     out = Path(out_dir)
     cfg = config or get_config("lfw-tiny")
+    budget = 0.0  # an explicit step count is honoured exactly
     if steps <= 0:
+        budget = train_seconds * 1.1 if train_seconds > 0 else 0.0  # safety net if the machine slows down
         log(f"measuring this machine's speed (1 or {torch.get_num_threads()} CPU threads) ...")
         steps = calibrate_steps(cfg, train_seconds)
         log(f"using {torch.get_num_threads()} thread(s)")
     spe = len(lfw_faces("train", cfg.image_size)) * cfg.dataset_repeat // cfg.batch_size
     epochs = max(1, round(steps / spe))
-    cfg = cfg.replace(epochs=epochs, max_steps=0, time_budget_s=train_seconds * 1.1 if train_seconds > 0 else 0,
-                      preview_every=max(1, epochs // 4), milestone_every=0)
+    cfg = cfg.replace(epochs=epochs, max_steps=0, time_budget_s=budget, preview_every=max(1, epochs // 4),
+                      milestone_every=0)
     ckpt = out / "checkpoints" / "ckpt_latest.pt"
     ckpt.unlink(missing_ok=True)  # the demo always starts from scratch
     (out / "losses.csv").unlink(missing_ok=True)
-    log(f"training {cfg.name} for {epochs * spe} steps ({epochs} epochs of {spe}), "
-        f"budget {train_seconds:.0f} s, into {out}/")
+    for stale in (out / "previews").glob("epoch_*.png"):
+        stale.unlink()
+    limit = f", stopping after {budget:.0f} s at the latest" if budget else ""
+    log(f"training {cfg.name} for {epochs * spe} steps ({epochs} epochs of {spe}){limit}, into {out}/")
     trainer = Trainer(cfg, out, progress=progress, resume=False)
     result = trainer.fit()
     log(f"trained {result.step} steps in {result.elapsed_s:.0f} s ({result.stopped}); "

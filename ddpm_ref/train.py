@@ -288,6 +288,8 @@ class Trainer:
 
         # data
         base = build_dataset(config) if dataset is None else dataset
+        if isinstance(base, ImageFolderDataset):
+            base.hflip = False  # the trainer flips whole batches itself, from its own seeded generator
         if isinstance(base, Tensor):
             if base.ndim != 4 or base.shape[1] != config.channels or base.shape[-1] != config.image_size:
                 raise ValueError(f"dataset tensor must be [N, {config.channels}, {config.image_size}, "
