@@ -41,13 +41,13 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, metavar="FILE.json",
                    help='JSON config: every field, or {"preset": NAME, key: value, …}')
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any field (repeatable)")
-    g = p.add_argument_group("config fields (override the preset; see ddpm_ref.config.TrainConfig)")
+    g = p.add_argument_group("config fields", "override the preset's value of any TrainConfig field "
+                             "(python -m ddpm_ref presets lists the presets; ddpm_ref.config documents the fields)")
     for f in dataclasses.fields(TrainConfig):
         if f.name == "name":
             continue
-        g.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg_{f.name}", default=None, metavar="V",
-                       help=f"(preset value {f.default!r})" if not isinstance(f.default, tuple) else
-                       f"comma-separated (e.g. {','.join(map(str, f.default))})")
+        metavar = "A,B,…" if isinstance(f.default, tuple) else type(f.default).__name__.upper()
+        g.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg_{f.name}", default=None, metavar=metavar)
 
 
 def _config_from_args(args: argparse.Namespace):
