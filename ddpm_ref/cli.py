@@ -271,9 +271,9 @@ def _cmd_presets(args: argparse.Namespace) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import format_tables, run
+    from .bench import run_and_print
 
-    print(format_tables(run(args)))
+    run_and_print(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

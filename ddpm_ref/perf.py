@@ -207,8 +207,10 @@ def loader_kwargs(device: torch.device | str, num_workers: int) -> dict[str, Any
 
 def fused_adamw_supported(device: torch.device | str) -> bool:
     """Whether this torch has a fused AdamW kernel for ``device`` (CUDA; CPU since torch 2.4)."""
-    from torch.optim.optimizer import _get_fused_kernels_supported_devices
-
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+    except ImportError:  # older torch: CUDA only
+        return torch.device(device).type == "cuda"
     return torch.device(device).type in _get_fused_kernels_supported_devices()
 
 

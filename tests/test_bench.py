@@ -81,6 +81,23 @@ def test_bench_end_to_end_on_cpu_writes_valid_json(tmp_path, capsys):
     assert set(r["targets"]) >= {"train_speedup", "ddim_speedup", "ddim_oracle_error"}
     assert r["targets"]["train_speedup"]["met"] is None  # the H100 target is not judged on a CPU
     assert "| fp32 eager |" in printed and "estimated: per-step time × steps" in printed
+    assert r["errors"] == {}
+    # the stored result renders the same tables again, through the command line
+    assert cli_main(["bench", "--tables-from", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == printed.strip()
+
+
+def test_a_failing_part_keeps_the_others(tmp_path, capsys, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(bench, "bench_sampling", out_of_memory)
+    out = tmp_path / "partial.json"
+    assert bench.main([*TINY, "--threads", "1", "--no-ablations", "--no-oracle", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "the sampling part failed: RuntimeError: CUDA out of memory (simulated)" in err
+    r = _strict_json(out.read_text())
+    assert "sampling" not in r and r["train"]["speedup"] > 0 and "ddim_speedup" not in r["targets"]
 
 
 def test_bench_bad_input_is_one_line(capsys):
