@@ -157,6 +157,11 @@ def _median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
 
+def _spread(xs: Sequence[float]) -> float:
+    """Half the range of repeated timings relative to their median: how far apart two equal settings can look."""
+    return (max(xs) - min(xs)) / (2 * _median(xs)) if len(xs) > 1 else 0.0
+
+
 # ------------------------------------------------------------------------------------------------ training
 
 
@@ -362,11 +367,13 @@ def bench_training(
         phase = f"ladder:{name}"
         before, after = tr.measure([best, cand], phase, args.repeats)
         gain = before / after
-        keep = gain >= 1.0 + args.min_gain and cand.compile_error is None
+        noise = max(_spread(best.samples[phase]), _spread(cand.samples[phase]))
+        keep = gain >= 1.0 + max(args.min_gain, noise) and cand.compile_error is None
         ladder.append({"switch": name, "options": cand.opts.to_dict(), "s_per_step_before": before,
-                       "s_per_step_after": after, "gain": gain, "kept": keep, "compile_error": cand.compile_error,
-                       "warmup_s": cand.warmup_s})
-        log(f"  {name}: {before * 1e3:.1f} → {after * 1e3:.1f} ms/step (×{gain:.2f}) {'kept' if keep else 'dropped'}")
+                       "s_per_step_after": after, "gain": gain, "noise": noise, "kept": keep,
+                       "compile_error": cand.compile_error, "warmup_s": cand.warmup_s})
+        log(f"  {name}: {before * 1e3:.1f} → {after * 1e3:.1f} ms/step (×{gain:.2f}, noise ±{100 * noise:.0f} %) "
+            f"{'kept' if keep else 'dropped'}")
         if keep:
             best = cand  # the previous best is freed unless it is the baseline
         del cand
@@ -724,15 +731,16 @@ def format_tables(result: dict[str, Any]) -> str:
         ratio = tr["baseline"]["s_per_step"] / r["s_per_step"]
         lines.append(f"| {r['label']} | {r['s_per_step'] * 1e3:.1f} | {r['images_per_s']:.3g} | "
                      f"{_fmt_rate(r['flop_per_s'], cuda)} | {share} | {r['peak_memory_mb']:.0f} | ×{ratio:.2f} |")
-    lines += ["", "| switch (on top of the kept ones) | ms/step before | after | gain | kept | warm-up (s) |",
-              "|---|---:|---:|---:|---|---:|"]
+    lines += ["", "| switch (on top of the kept ones) | ms/step before | after | gain | noise | kept | warm-up (s) |",
+              "|---|---:|---:|---:|---:|---|---:|"]
     for r in tr["ladder"]:
         note = f" (compile failed: {r['compile_error']})" if r.get("compile_error") else ""
+        noise = f"±{100 * r['noise']:.0f} %" if r.get("noise") is not None else "–"
         lines.append(f"| {r['switch']} | {r['s_per_step_before'] * 1e3:.1f} | {r['s_per_step_after'] * 1e3:.1f} | "
-                     f"×{r['gain']:.2f} | {'yes' if r['kept'] else 'no'}{note} | {r['warmup_s']:.1f} |")
+                     f"×{r['gain']:.2f} | {noise} | {'yes' if r['kept'] else 'no'}{note} | {r['warmup_s']:.1f} |")
     for a in tr.get("ablations", []):
         lines.append(f"| ablation: {a['what']} | {a['s_per_step_reference'] * 1e3:.1f} | "
-                     f"{a['s_per_step_ablated'] * 1e3:.1f} | ×{1 / a['slowdown']:.2f} | – | |")
+                     f"{a['s_per_step_ablated'] * 1e3:.1f} | ×{1 / a['slowdown']:.2f} | | – | |")
     sm = result.get("sampling")
     if sm:
         lines += ["", f"Sampling ({sm['flop_per_image_per_step'] / 1e9:.1f} GFLOP per image per step):", "",
@@ -815,7 +823,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=0, help="training steps per block (default: ~1 s on CUDA, "
                         "~2 s on CPU, from one calibration block)")
     parser.add_argument("--warmup", type=int, default=-1, help="untimed steps per setting (default 3 CUDA, 1 CPU)")
-    parser.add_argument("--min-gain", type=float, default=0.02, help="keep a switch only if it is this much faster")
+    parser.add_argument("--min-gain", type=float, default=0.02,
+                        help="keep a switch only if it is this much faster, and by more than the timing noise "
+                        "(half the range of the repeats)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="try torch.compile (default: on for CUDA, off on CPU)")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode (default: torch's default)")

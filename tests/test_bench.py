@@ -56,6 +56,8 @@ def test_bench_end_to_end_on_cpu_writes_valid_json(tmp_path, capsys):
     assert tr["speedup"] == pytest.approx(tr["baseline"]["s_per_step"] / tr["optimised"]["s_per_step"])
     switches = [x["switch"] for x in tr["ladder"]]
     assert switches[:2] == ["amp", "channels_last"] and "compile" not in switches  # compile is off on CPU by default
+    for x in tr["ladder"]:  # a switch is kept only when it beats both --min-gain and the timing noise
+        assert x["kept"] == (x["gain"] >= 1 + max(0.02, x["noise"])), x
     kept = perf.PerfOptions(**tr["kept_options"])
     assert (kept.amp == "bf16") == next(x["kept"] for x in tr["ladder"] if x["switch"] == "amp")
     assert kept.channels_last == next(x["kept"] for x in tr["ladder"] if x["switch"] == "channels_last")
