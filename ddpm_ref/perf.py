@@ -19,7 +19,8 @@ Use in a training loop::
     optimizer = perf.make_adamw(model.parameters(), lr=2e-4, weight_decay=1e-4, fused=opts.fused_adamw)
     x0 = perf.to_device(batch, device, channels_last=opts.channels_last)  # non-blocking from pinned memory
 
-and for sampling ``sample(perf.SamplingModel(ema_model, opts), …)`` under ``torch.inference_mode()``.
+and for sampling ``sample(perf.SamplingModel.build(ema_model, opts), …)`` under ``torch.inference_mode()``.
+On a CPU, call :func:`cpu_threads` before the work starts (it reads the load average, which the run itself raises).
 """
 
 from __future__ import annotations
