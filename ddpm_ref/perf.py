@@ -144,9 +144,9 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
-#: the CPU switches that won on the 2-core benchmark machine (see docs_bench.md): bf16 autocast (×1.4 on lfw-tiny,
-#: ×1.8 on the 256 px seed model, where the CPU has bf16 in hardware). channels_last and fused AdamW did not win
-#: there, and torch.compile costs minutes of compilation on two cores, more than a 5-minute demo wins back.
+#: the CPU switches that won on the 2-core benchmark machine (see docs_bench.md): bf16 autocast (×1.7 on lfw-tiny,
+#: ×1.8 on the 256 px seed model, on a CPU with bf16 in hardware). channels_last lost (×0.31 and ×0.87), fused AdamW
+#: was within noise on lfw-tiny, and torch.compile took 275 s to compile for no gain (×0.95).
 CPU_DEMO = PerfOptions(amp="bf16")
 
 
