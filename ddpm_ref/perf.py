@@ -6,7 +6,8 @@ None of them changes the math of Ho et al. (2020): they change how the same U-Ne
 - ``amp`` — autocast dtype via :func:`ddpm_ref.precision.resolve_amp_dtype` ("auto": bf16 on GPUs of compute
   capability ≥ 8, fp16 + GradScaler below; "bf16" on a CPU must be asked for).
 - ``channels_last`` — NHWC tensors for the convolutions (model weights and input batch).
-- ``fused_adamw`` — one fused AdamW kernel over all parameters instead of per-tensor (foreach) updates.
+- ``fused_adamw`` — one fused AdamW kernel over all parameters instead of torch's default (multi-tensor
+  ``foreach`` updates on CUDA, a loop over the tensors on the CPU).
 - ``cudnn_benchmark`` — cuDNN autotunes each convolution shape once (inputs keep one shape in training).
 - ``compile`` — ``torch.compile`` with a clean fallback to eager when the compiler is missing or fails.
 - ``threads`` — CPU intra-op threads (None: torch's default, one per physical core).
@@ -101,7 +102,7 @@ class PerfOptions:
         return dataclasses.asdict(self)
 
 
-#: the plain run every speed-up is compared with: fp32, eager, NCHW, foreach AdamW, no autotuning
+#: the plain run every speed-up is compared with: fp32, eager, NCHW, torch's default AdamW, no autotuning
 BASELINE = PerfOptions()
 
 _DEFAULT_THREADS = torch.get_num_threads()  # torch's choice at start-up: one per physical core
@@ -126,8 +127,11 @@ def cpu_threads(cores: int | None = None, load: float | None = None) -> int:
     torch starts one thread per physical core; when other processes keep those cores busy, every parallel
     region waits for its slowest, descheduled thread (measured on 2 shared cores: one thread trained lfw-tiny
     ~10× faster than two at a load average of 7; see docs_bench.md). ``cores`` defaults to torch's start-up
-    thread count (capped by the affinity mask), ``load`` to ``os.getloadavg()[0]`` (0 where unknown).
+    thread count (capped by the affinity mask), ``load`` to ``os.getloadavg()[0]`` (0 where unknown). A thread
+    count set with ``OMP_NUM_THREADS`` is the user's choice and is returned as it is.
     """
+    if cores is None and load is None and "OMP_NUM_THREADS" in os.environ:
+        return _DEFAULT_THREADS
     if cores is None:
         cores = min(_DEFAULT_THREADS, available_cores())
     if load is None:

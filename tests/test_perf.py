@@ -82,7 +82,7 @@ def test_channels_last_training_steps_match_plain():
     assert _function_diff(cl, base) < 1e-4
 
 
-def test_fused_adamw_matches_foreach_adamw_on_cpu():
+def test_fused_adamw_matches_the_default_adamw_on_cpu():
     if not perf.fused_adamw_supported("cpu"):
         pytest.skip("this torch has no fused AdamW for the CPU")
     base_losses, base = _train(perf.BASELINE)
@@ -189,12 +189,16 @@ def test_backend_flags_restore_threads_and_options_validate():
     assert perf.PerfOptions(amp="bf16", channels_last=True).label() == "amp=bf16 + channels_last"
 
 
-def test_cpu_threads_follow_the_load():
+def test_cpu_threads_follow_the_load(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert perf.cpu_threads(cores=2, load=0.0) == 2
     assert perf.cpu_threads(cores=2, load=1.2) == 1
     assert perf.cpu_threads(cores=2, load=7.0) == 1
     assert perf.cpu_threads(cores=8, load=2.4) == 6  # the idle cores
     assert perf.cpu_threads(cores=1, load=0.0) == 1
+    assert 1 <= perf.cpu_threads() <= perf.default_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # an explicit choice wins over the load
+    assert perf.cpu_threads() == perf.default_threads()
 
 
 def test_loader_kwargs():
