@@ -1,0 +1,383 @@
+"""Proof that the grader is right: real nbgrader commands in a temporary course directory.
+
+The course is a copy of ``solutions/`` and ``nbgrader_config.py``; the checks come from this repository
+(``DDPM_COURSE_ROOT``). nbgrader's own ``generate_assignment`` builds the release and records the grade cells
+in the gradebook; then one ``nbgrader autograde <lesson> --force`` per lesson grades every submission of that
+lesson at once, and one ``nbgrader generate_feedback`` writes every feedback page. Submissions (one student
+each):
+
+* ``solution``: the solution notebooks, which must score full marks;
+* ``release``: the unmodified student notebooks, which must score 0 on every autograded cell;
+* ``mistakesK``: the solution notebook with the K-th typical mistake of each exercise of the lesson appended to
+  that exercise's solution cell (``tests/mistakes.py``). Checks are isolated per exercise, so mistakes in
+  different exercises of one notebook cannot interact; every check cell of an exercise with a mistake must score
+  0 exactly when the mistake breaks one of its checks, every other cell keeps its points, and the failing check's
+  output and the feedback page name the mistake;
+* ``raises``: lesson 2 whose ``q_sample`` cell raises before defining it; ``loops``: lesson 1 whose
+  ``linear_beta_schedule`` cell never ends. Both are scored (0 for that exercise, the rest kept) without stopping
+  the batch.
+
+Scores are read from the gradebook (``nbgrader.api.Gradebook``). Run with ``pytest tests/test_course_nbgrader.py``
+(marked ``slow``).
+"""
+
+from __future__ import annotations
+
+import copy
+import html
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tests.mistakes import MISTAKES, Mistake, hidden_checks
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTIONS = ROOT / "solutions"
+
+
+def _load_release():
+    spec = importlib.util.spec_from_file_location("course_release", SOLUTIONS / "release.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+release = _load_release()
+LESSONS = release.lesson_ids()
+
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _not_with_impl(request: pytest.FixtureRequest) -> None:
+    """These tests are about the repository's notebooks: ``pytest tests --impl NOTEBOOK`` leaves them out."""
+    if request.config.getoption("--impl", default=None):
+        pytest.skip("grades the course's own notebooks; not run with --impl")
+
+
+# ------------------------------------------------------------------------------------------------ notebooks
+
+
+def read_solution(lesson: str) -> nbformat.NotebookNode:
+    return nbformat.read(SOLUTIONS / lesson / f"{lesson}.ipynb", as_version=4)
+
+
+def nbgrader_meta(cell) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {}) or {}
+
+
+def solution_cell(nb: nbformat.NotebookNode, exercise: str):
+    cells = [c for c in nb.cells if nbgrader_meta(c).get("solution") and nbgrader_meta(c).get("grade_id") == exercise]
+    assert len(cells) == 1, f"expected one solution cell with grade_id {exercise!r}, found {len(cells)}"
+    return cells[0]
+
+
+def exercises_of(nb: nbformat.NotebookNode) -> list[str]:
+    return [nbgrader_meta(c)["grade_id"] for c in nb.cells
+            if nbgrader_meta(c).get("solution") and not nbgrader_meta(c).get("grade")]
+
+
+def grade_ids(nb: nbformat.NotebookNode) -> set[str]:
+    return {nbgrader_meta(c)["grade_id"] for c in nb.cells if nbgrader_meta(c).get("grade")}
+
+
+def lesson_of_exercise() -> dict[str, str]:
+    return {ex: lesson for lesson in LESSONS for ex in exercises_of(read_solution(lesson))}
+
+
+def lost_cells(mistake: Mistake, cells: set[str]) -> set[str]:
+    """The check cells a mistake must zero: the visible one if it breaks a visible check, the hidden one (where the
+    notebook has one) if it breaks a hidden check."""
+    hidden = hidden_checks(mistake)
+    lost = set()
+    if set(mistake.breaks) - hidden:
+        lost.add(f"check_{mistake.exercise}")
+    if hidden and f"check_{mistake.exercise}_hidden" in cells:
+        lost.add(f"check_{mistake.exercise}_hidden")
+    assert lost <= cells, f"mistake {mistake.name} breaks checks of cells the notebook lacks: {sorted(lost - cells)}"
+    return lost
+
+
+@dataclass
+class Submission:
+    student: str
+    lesson: str
+    nb: nbformat.NotebookNode
+    lost: set[str] = field(default_factory=set)  # grade_ids that must score 0 (the rest: full marks)
+    mistakes: list[Mistake] = field(default_factory=list)
+
+
+def build_submissions(release_dir: Path) -> list[Submission]:
+    subs: list[Submission] = []
+    owner = lesson_of_exercise()
+    unknown = sorted({m.exercise for m in MISTAKES} - set(owner))
+    assert not unknown, f"tests/mistakes.py has mistakes for exercises no solution notebook has: {unknown}"
+    by_lesson: dict[str, dict[str, list[Mistake]]] = defaultdict(lambda: defaultdict(list))
+    for m in MISTAKES:
+        by_lesson[owner[m.exercise]][m.exercise].append(m)
+    for lesson in LESSONS:
+        sol = read_solution(lesson)
+        cells = grade_ids(sol)
+        subs.append(Submission("solution", lesson, sol))
+        rel = nbformat.read(release_dir / lesson / f"{lesson}.ipynb", as_version=4)
+        subs.append(Submission("release", lesson, rel, lost=set(cells)))
+        groups = by_lesson.get(lesson, {})
+        for k in range(max((len(v) for v in groups.values()), default=0)):
+            nb = copy.deepcopy(sol)
+            sub = Submission(f"mistakes{k + 1}", lesson, nb)
+            for exercise, mistakes in groups.items():
+                if k < len(mistakes):
+                    m = mistakes[k]
+                    cell = solution_cell(nb, exercise)
+                    cell.source = cell.source.rstrip() + "\n\n\n" + m.source
+                    sub.mistakes.append(m)
+                    sub.lost |= lost_cells(m, cells)
+            subs.append(sub)
+    # a submission that raises before defining its exercise, and one that never ends
+    nb = read_solution("02_forward_diffusion")
+    solution_cell(nb, "q_sample").source = 'raise RuntimeError("a bug in my q_sample cell")\n'
+    subs.append(Submission("raises", "02_forward_diffusion", nb,
+                           lost={c for c in grade_ids(nb) if c.startswith("check_q_sample")}))
+    nb = read_solution("01_noise_schedule")
+    cell = solution_cell(nb, "linear_beta_schedule")
+    cell.source = "while True:  # never ends\n    pass\n\n" + cell.source
+    subs.append(Submission("loops", "01_noise_schedule", nb,
+                           lost={c for c in grade_ids(nb) if c.startswith("check_linear_beta_schedule")}))
+    return subs
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class Graded:
+    course: Path
+    submissions: list[Submission]
+    scores: dict[tuple[str, str], dict[str, tuple[float, float]]]  # (student, lesson) → grade_id → (score, max)
+    timings: dict[str, float]
+
+    def autograded(self, sub: Submission) -> nbformat.NotebookNode:
+        return nbformat.read(self.course / "autograded" / sub.student / sub.lesson / f"{sub.lesson}.ipynb", 4)
+
+    def feedback(self, sub: Submission) -> str:
+        return (self.course / "feedback" / sub.student / sub.lesson / f"{sub.lesson}.html").read_text("utf-8")
+
+
+def nbgrader(course: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DDPM_COURSE_ROOT=str(ROOT))
+    env.pop("NBGRADER_EXECUTION", None)
+    env.pop("DDPM_FAST", None)
+    cmd = [sys.executable, "-m", "nbgrader", *args]
+    proc = subprocess.run(cmd, cwd=course, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"`nbgrader {' '.join(args)}` failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory: pytest.TempPathFactory) -> Graded:
+    from nbgrader.api import Gradebook
+
+    timings: dict[str, float] = {}
+    course = tmp_path_factory.mktemp("course")
+    shutil.copy2(ROOT / "nbgrader_config.py", course / "nbgrader_config.py")
+    for lesson in LESSONS:
+        shutil.copytree(SOLUTIONS / lesson, course / "solutions" / lesson,
+                        ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+    start = time.perf_counter()
+    release.generate(course, LESSONS)  # nbgrader's generate_assignment for each lesson, in this process
+    timings["generate_assignment (all lessons)"] = time.perf_counter() - start
+
+    subs = build_submissions(course / "lessons")
+    for sub in subs:
+        dest = course / "submitted" / sub.student / sub.lesson
+        dest.mkdir(parents=True, exist_ok=True)
+        nbformat.write(sub.nb, dest / f"{sub.lesson}.ipynb")
+    for lesson in sorted({s.lesson for s in subs}):
+        start = time.perf_counter()
+        nbgrader(course, "autograde", lesson, "--force", timeout=1200)
+        n = sum(s.lesson == lesson for s in subs)
+        timings[f"autograde {lesson} ({n} submissions)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    nbgrader(course, "generate_feedback", "*", "--force", timeout=600)
+    timings["generate_feedback (all)"] = time.perf_counter() - start
+
+    scores: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        for sub in subs:
+            nb = gb.find_submission_notebook(sub.lesson, sub.lesson, sub.student)
+            scores[(sub.student, sub.lesson)] = {g.name: (float(g.score), float(g.max_score)) for g in nb.grades}
+    print("\nnbgrader timings: " + "; ".join(f"{k}: {v:.0f} s" for k, v in timings.items()))
+    return Graded(course, subs, scores, timings)
+
+
+def _wrong_cells(graded: Graded, sub: Submission) -> list[str]:
+    got = graded.scores[(sub.student, sub.lesson)]
+    assert set(got) == grade_ids(sub.nb), (
+        f"{sub.student}/{sub.lesson}: the gradebook has cells {sorted(got)}, the notebook {sorted(grade_ids(sub.nb))}")
+    wrong = []
+    for cell, (score, points) in sorted(got.items()):
+        want = 0.0 if cell in sub.lost else points
+        if score != want:
+            wrong.append(f"{cell}: scored {score:g} of {points:g}, expected {want:g}")
+    return wrong
+
+
+def _check_cell_output(nb: nbformat.NotebookNode, grade_id: str) -> str:
+    for cell in nb.cells:
+        if nbgrader_meta(cell).get("grade_id") == grade_id:
+            parts = []
+            for out in cell.get("outputs", []):
+                parts.append(out.get("text", "") if out.get("output_type") == "stream" else
+                             "\n".join([out.get("ename", ""), out.get("evalue", "")]))
+            return "\n".join(parts)
+    raise AssertionError(f"no cell {grade_id}")
+
+
+def _subs(graded: Graded, student: str) -> list[Submission]:
+    return [s for s in graded.submissions if s.student == student]
+
+
+# ------------------------------------------------------------------------------------------------ the proofs
+
+
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_solution_scores_full_marks(graded: Graded, lesson: str) -> None:
+    (sub,) = [s for s in _subs(graded, "solution") if s.lesson == lesson]
+    got = graded.scores[("solution", lesson)]
+    assert got, f"{lesson} has no autograded cells"
+    wrong = _wrong_cells(graded, sub)
+    assert not wrong, f"the solution of {lesson} does not score full marks:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_solution_runs_without_errors_in_time(graded: Graded, lesson: str) -> None:
+    """Under FAST (as nbgrader runs it) every cell of the solution notebook runs without an error and within the
+    cell timeout and the notebook deadline: this is the CI execution of every solution notebook."""
+    (sub,) = [s for s in _subs(graded, "solution") if s.lesson == lesson]
+    bad = [f"cell {cell.get('id')} ({cell.source.splitlines()[0][:50]!r}): {out.get('ename')}: "
+           f"{str(out.get('evalue'))[:300]}"
+           for cell in graded.autograded(sub).cells for out in cell.get("outputs", [])
+           if out.get("output_type") == "error"]
+    assert not bad, f"{lesson}: cells that fail or are too slow for grading (shrink them when FAST):\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_release_scores_zero(graded: Graded, lesson: str) -> None:
+    (sub,) = [s for s in _subs(graded, "release") if s.lesson == lesson]
+    got = graded.scores[("release", lesson)]
+    assert set(got) == grade_ids(read_solution(lesson)), "the release lacks autograded cells of the solution"
+    wrong = _wrong_cells(graded, sub)
+    assert not wrong, f"the unmodified release of {lesson} earns points:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize("name", [m.name for m in MISTAKES])
+def test_mistake_loses_exactly_its_checks(graded: Graded, name: str) -> None:
+    (sub,) = [s for s in graded.submissions if any(m.name == name for m in s.mistakes)]
+    (mistake,) = [m for m in sub.mistakes if m.name == name]
+    got = graded.scores[(sub.student, sub.lesson)]
+    cells = {c for c in got if c == f"check_{mistake.exercise}" or c == f"check_{mistake.exercise}_hidden"}
+    lost = lost_cells(mistake, set(got))
+    wrong = [f"{c}: scored {got[c][0]:g} of {got[c][1]:g}, expected {0 if c in lost else got[c][1]:g}"
+             for c in sorted(cells) if got[c][0] != (0.0 if c in lost else got[c][1])]
+    assert not wrong, f"mistake {name} ({mistake.description}) in {sub.student}/{sub.lesson}:\n" + "\n".join(wrong)
+    # the failing visible check names the mistake, in the autograded notebook and in the feedback's outputs
+    visible = f"check_{mistake.exercise}"
+    assert visible in lost, f"mistake {name} breaks only hidden checks: the feedback cannot name it"
+    shown = _check_cell_output(graded.autograded(sub), visible)
+    assert mistake.feedback in shown, f"the output of {visible} does not name mistake {name}: " \
+                                      f"expected {mistake.feedback!r} in\n{shown}"
+    assert mistake.feedback in feedback_outputs(graded.feedback(sub)), (
+        f"the feedback page of {sub.student}/{sub.lesson} does not show {mistake.feedback!r} (mistake {name})")
+
+
+def test_mistake_submissions_keep_the_rest(graded: Graded) -> None:
+    """Every cell that no injected mistake breaks keeps its points (mistakes never cascade)."""
+    wrong = [f"{s.student}/{s.lesson} {w}" for s in graded.submissions if s.mistakes for w in _wrong_cells(graded, s)]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_raising_submission_is_scored(graded: Graded) -> None:
+    (sub,) = _subs(graded, "raises")
+    wrong = _wrong_cells(graded, sub)
+    assert not wrong, "\n".join(wrong)
+    out = _check_cell_output(graded.autograded(sub), "check_q_sample")
+    assert "define `q_sample` first" in out, out
+
+
+def test_looping_submission_is_stopped_and_scored(graded: Graded) -> None:
+    (sub,) = _subs(graded, "loops")
+    wrong = _wrong_cells(graded, sub)
+    assert not wrong, "\n".join(wrong)
+    cell = solution_cell(graded.autograded(sub), "linear_beta_schedule")
+    errors = [o for o in cell.outputs if o.output_type == "error"]
+    assert errors and errors[0].ename in ("CellTimeoutError", "KeyboardInterrupt"), cell.outputs
+
+
+def test_feedback_hides_hidden_tests(graded: Graded) -> None:
+    """Feedback pages show neither the hidden tests' code nor what they printed, only their score."""
+    hidden_names = {f.__name__.removeprefix("test_") for f in _hidden_check_functions()}
+    for sub in graded.submissions:
+        page = html.unescape(graded.feedback(sub))
+        assert "BEGIN HIDDEN TESTS" not in page and "hidden=True" not in page, f"{sub.student}/{sub.lesson}"
+        leaked = sorted(n for n in hidden_names if re.search(rf"\b{n}\b", page))
+        assert not leaked, f"{sub.student}/{sub.lesson} feedback shows hidden checks {leaked}"
+        if any(nbgrader_meta(c).get("grade_id", "").endswith("_hidden") for c in sub.nb.cells):
+            assert "Hidden checks" in page, f"{sub.student}/{sub.lesson}: hidden cells show no score line"
+
+
+def test_tracebacks_are_short(graded: Graded) -> None:
+    """A failing check cell shows one line of error, not a traceback through the harness."""
+    for sub in graded.submissions:
+        for cell in graded.autograded(sub).cells:
+            for out in cell.get("outputs", []):
+                if out.get("output_type") == "error":
+                    assert len(out.get("traceback", [])) <= 17, f"{sub.student}/{sub.lesson} {cell.get('id')}"
+
+
+def _hidden_check_functions():
+    from tests.harness import REGISTRY, load_all_checks
+
+    load_all_checks()
+    return [f for fns in REGISTRY.values() for f in fns if getattr(f, "hidden", False)]
+
+
+def test_notebook_deadline_skips_the_rest(tmp_path: Path) -> None:
+    """nbgrader_config.CourseExecute: past the per-notebook deadline, remaining cells are not run (score 0)."""
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    namespace: dict = {"get_config": lambda: _AnyConfig(), "__file__": str(ROOT / "nbgrader_config.py")}
+    exec(compile((ROOT / "nbgrader_config.py").read_text(), "nbgrader_config.py", "exec"), namespace)
+    nb = new_notebook(cells=[new_code_cell("import time\ntime.sleep(30)"), new_code_cell("print('ran')")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    ex = namespace["CourseExecute"](notebook_timeout=3, timeout=60)
+    start = time.perf_counter()
+    ex.preprocess(nb, {"metadata": {"path": str(tmp_path)}})
+    assert time.perf_counter() - start < 25
+    assert nb.cells[0].outputs[-1].output_type == "error"  # interrupted at the deadline
+    assert nb.cells[1].outputs[0].ename == "NotebookTimeoutError"  # not run at all
+
+
+class _AnyConfig:
+    """Accepts ``c.Section.option = value`` like traitlets' Config (for loading nbgrader_config.py in a test)."""
+
+    def __getattr__(self, name: str) -> _AnyConfig:
+        value = _AnyConfig()
+        object.__setattr__(self, name, value)
+        return value
+
+
+def feedback_outputs(page: str) -> str:
+    """The text of every cell output on a feedback page (nbgrader's feedback template), without the cells' code."""
+    parts = re.findall(r'<div class="output_subarea[^"]*">(.*?)</div>', page, flags=re.S)
+    return html.unescape(re.sub(r"<[^>]+>", "", "\n".join(parts)))
