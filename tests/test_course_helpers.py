@@ -1,0 +1,125 @@
+"""``ddpm_ref.course``: the FAST switch, finding the checks, the notebook check runner and the picture helpers."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import ddpm_ref  # noqa: E402
+from ddpm_ref import course  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*non-interactive.*")  # plt.show() on Agg
+        yield
+    plt.close("all")
+
+
+@pytest.mark.parametrize(("env", "fast"), [
+    ({}, False),
+    ({"NBGRADER_EXECUTION": "autograde"}, True),
+    ({"DDPM_FAST": "1"}, True),
+    ({"DDPM_FAST": "0"}, False),
+    ({"DDPM_FAST": "false"}, False),
+])
+def test_fast_follows_the_environment(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], fast: bool) -> None:
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+    monkeypatch.delenv("DDPM_FAST", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    try:
+        assert importlib.reload(course).FAST is fast
+    finally:
+        monkeypatch.undo()
+        importlib.reload(course)
+
+
+def test_course_root_is_found(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert course.course_root() == ROOT  # next to the editable install
+    monkeypatch.setattr(course, "__file__", str(tmp_path / "site" / "ddpm_ref" / "course.py"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DDPM_COURSE_ROOT", raising=False)
+    with pytest.raises(FileNotFoundError, match="DDPM_COURSE_ROOT"):
+        course.course_root()
+    monkeypatch.setenv("DDPM_COURSE_ROOT", str(ROOT))
+    assert course.course_root() == ROOT
+    monkeypatch.delenv("DDPM_COURSE_ROOT")
+    monkeypatch.chdir(ROOT / "lessons")
+    assert course.course_root() == ROOT  # a parent of the working directory
+
+
+def test_run_checks_prints_and_raises_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert course.run_checks("q_sample", vars(ddpm_ref)) is None
+    assert "✓ q_sample_values" in capsys.readouterr().out
+    with pytest.raises(AssertionError) as info:
+        course.run_checks("q_sample", {})
+    out = capsys.readouterr().out
+    assert "✗ q_sample_values: define `q_sample` first" in out
+    assert str(info.value) == "q_sample: 2 check(s) failed: q_sample_values, q_sample_t0_is_almost_x0"
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    with pytest.raises(KeyError, match="no checks registered for exercise 'no_such_exercise'"):
+        course.run_checks("no_such_exercise", vars(ddpm_ref))
+
+
+def _images(n: int, c: int = 1, hw: int = 8) -> torch.Tensor:
+    return torch.linspace(-1, 1, n * c * hw * hw).reshape(n, c, hw, hw)
+
+
+def test_show_images_grid_and_titles() -> None:
+    course.show_images(_images(10), nrow=4, title="ten")
+    fig = plt.gcf()
+    assert len(fig.axes) == 1 and fig.axes[0].get_title() == "ten"
+    h, w = fig.axes[0].images[0].get_array().shape[:2]
+    assert (h, w) == (3 * 8 + 4, 4 * 8 + 5)  # make_grid: 3 rows of 4, 1-pixel padding
+    course.show_images(_images(3, c=3), titles=["a", "b", "c"], nrow=2)
+    fig = plt.gcf()
+    assert [a.get_title() for a in fig.axes if a.images] == ["a", "b", "c"]
+    assert fig.axes[0].images[0].get_array().shape == (8, 8, 3)
+    with pytest.raises(ValueError, match="one title per image"):
+        course.show_images(_images(3), titles=["a"])
+    with pytest.raises(ValueError, match=r"expected images \[B, C, H, W\]"):
+        course.show_images(torch.zeros(1, 1, 1, 8, 8))
+
+
+def test_images_map_from_minus_one_one() -> None:
+    img = course.to_numpy_image(torch.tensor([[[-1.0, 0.0], [1.0, 3.0]]]))
+    assert img.tolist() == [[0.0, 0.5], [1.0, 1.0]]
+
+
+def test_show_strip_columns_and_titles() -> None:
+    course.show_strip({0: _images(1)[0], 100: _images(3), "x0": _images(3)}, title="strip")
+    axes = plt.gcf().axes
+    assert [a.get_title() for a in axes] == ["t = 0", "t = 100", "x0"]
+    assert axes[1].images[0].get_array().shape[0] == 3 * 8 + 4  # a batch is one column
+
+
+def test_animate_returns_playable_html() -> None:
+    html = course.animate({t: _images(2) * (1 - t / 10) for t in range(5)}, nrow=2)
+    assert "<script" in html.data and "anim" in html.data.lower()
+    assert not plt.get_fignums()  # the figure is closed, not shown a second time
+
+
+def test_t_slider_static_strip_without_widgets() -> None:
+    seen: list[int] = []
+
+    def frame(t: int) -> torch.Tensor:
+        seen.append(t)
+        return _images(2)
+
+    course.t_slider(frame, 400, use_widgets=False, static_steps=8)
+    assert seen == [0, 57, 114, 171, 228, 285, 342, 399]
+    assert len(plt.gcf().axes) == 8
+    with pytest.raises(ValueError, match="positive int"):
+        course.t_slider(frame, 0)
