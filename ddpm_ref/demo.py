@@ -106,7 +106,7 @@ def run_demo(
     cfg = config or get_config("lfw-tiny")
     budget = 0.0  # an explicit step count is honoured exactly
     if steps <= 0:
-        budget = train_seconds * 1.1 if train_seconds > 0 else 0.0  # safety net if the machine slows down
+        budget = max(train_seconds, 0.0)  # safety net if the machine slows down (0: none)
         log(f"measuring this machine's speed (1 or {torch.get_num_threads()} CPU threads) ...")
         steps = calibrate_steps(cfg, train_seconds)
         log(f"using {torch.get_num_threads()} thread(s)")

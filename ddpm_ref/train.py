@@ -520,6 +520,8 @@ class Trainer:
         if self.write:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             c.save_json(self.out_dir / "config.json")
+            if self.resumed_from is None and self.step == 0:
+                self.csv_path.unlink(missing_ok=True)  # a new run (or --fresh) starts a new log
         for cb in self.callbacks if self.is_main else ():
             cb.on_train_start(self)
         self.model.train()

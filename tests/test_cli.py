@@ -46,6 +46,17 @@ def test_train_resumes_and_extends(run_dir: Path, capsys: pytest.CaptureFixture[
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
 
 
+def test_fresh_starts_over(tmp_path: Path):
+    args = ["train", "--out", str(tmp_path), *TINY]
+    args[args.index("--epochs") + 1] = "1"
+    assert main(args) == 0 and main(args) == 0  # the second run finds the first finished: nothing to do
+    assert torch.load(tmp_path / "checkpoints" / "ckpt_latest.pt", weights_only=True)["step"] == 3
+    assert main([*args, "--fresh"]) == 0
+    assert torch.load(tmp_path / "checkpoints" / "ckpt_latest.pt", weights_only=True)["step"] == 3
+    with open(tmp_path / "losses.csv", newline="") as f:
+        assert [r["step"] for r in csv.DictReader(f)] == ["3"]
+
+
 def test_sample_reconstruct_evaluate_export(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     ckpt = str(run_dir / "checkpoints" / "ckpt_latest.pt")
     assert main(["sample", "--ckpt", ckpt, "--n", "3", "--strip"]) == 0
