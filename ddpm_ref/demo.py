@@ -34,7 +34,7 @@ from .plots import (
     save_reverse_strip,
 )
 from .samplers import sample
-from .train import Trainer, TrainResult, train_step
+from .train import Callback, Trainer, TrainResult, train_step
 
 __all__ = ["DemoResult", "run_demo", "calibrate_steps"]
 
@@ -85,6 +85,33 @@ def calibrate_steps(config: TrainConfig, seconds: float, *, probe_steps: int = 1
     return max(1, int(seconds / per_step))
 
 
+class _ThreadGovernor(Callback):
+    """Drops to one CPU thread when multi-threaded steps turn much slower than calibrated (the machine got busy)."""
+
+    def __init__(self, expected_s: float, log: Callable[[str], None], window: int = 20, factor: float = 2.0) -> None:
+        self.expected_s, self.log, self.window, self.factor = expected_s, log, window, factor
+        self.start: tuple[float, int] | None = None
+
+    def on_step_end(self, trainer: Trainer, step: int, stats: object) -> None:
+        if torch.get_num_threads() == 1:
+            return
+        now = time.perf_counter()
+        if self.start is None:
+            self.start = (now, step)
+            return
+        t0, s0 = self.start
+        if step - s0 >= self.window:
+            per_step = (now - t0) / (step - s0)
+            if per_step > self.factor * self.expected_s:
+                torch.set_num_threads(1)
+                self.log(f"steps slowed to {per_step:.2f} s (expected {self.expected_s:.2f} s): the machine is busy, "
+                         "switching to 1 CPU thread")
+            self.start = (now, step)
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
+        self.start = None  # previews and checkpoints are not training steps
+
+
 def run_demo(
     out_dir: str | Path = "demo_out",
     *,
@@ -121,7 +148,8 @@ def run_demo(
         stale.unlink()
     limit = f", stopping after {budget:.0f} s at the latest" if budget else ""
     log(f"training {cfg.name} for {epochs * spe} steps ({epochs} epochs of {spe}){limit}, into {out}/")
-    trainer = Trainer(cfg, out, progress=progress, resume=False)
+    governor = [_ThreadGovernor(train_seconds / steps, log)] if budget else []
+    trainer = Trainer(cfg, out, progress=progress, resume=False, callbacks=governor)
     result = trainer.fit()
     log(f"trained {result.step} steps in {result.elapsed_s:.0f} s ({result.stopped}); "
         f"final loss {result.final_loss:.4f}")
