@@ -25,7 +25,7 @@ from nbgrader.preprocessors import (
 from traitlets import Integer
 
 #: seconds one cell may run while grading: the FAST training and sampling cells take well under a minute
-CELL_TIMEOUT_S = 90
+CELL_TIMEOUT_S = 60
 #: seconds one notebook may run in all: later cells of a notebook over budget are scored 0 without running
 NOTEBOOK_TIMEOUT_S = 360
 

@@ -13,9 +13,9 @@ each):
   different exercises of one notebook cannot interact; every check cell of an exercise with a mistake must score
   0 exactly when the mistake breaks one of its checks, every other cell keeps its points, and the failing check's
   output and the feedback page name the mistake;
-* ``raises``: lesson 2 whose ``q_sample`` cell raises before defining it; ``loops``: lesson 1 whose
-  ``linear_beta_schedule`` cell never ends. Both are scored (0 for that exercise, the rest kept) without stopping
-  the batch.
+* ``…_raises``: in lesson 2, the ``predict_x0`` cell raises before defining it; ``…_loops``: in lesson 1, the
+  ``linear_beta_schedule`` cell never ends (stopped by the cell timeout). Each rides along with a mistake submission
+  that leaves that exercise alone; both are scored (0 for that exercise, the rest kept) without stopping the batch.
 
 Scores are read from the gradebook (``nbgrader.api.Gradebook``). Run with ``pytest tests/test_course_nbgrader.py``
 (marked ``slow``).
@@ -144,17 +144,28 @@ def build_submissions(release_dir: Path) -> list[Submission]:
                     sub.mistakes.append(m)
                     sub.lost |= lost_cells(m, cells)
             subs.append(sub)
-    # a submission that raises before defining its exercise, and one that never ends
-    nb = read_solution("02_forward_diffusion")
-    solution_cell(nb, "q_sample").source = 'raise RuntimeError("a bug in my q_sample cell")\n'
-    subs.append(Submission("raises", "02_forward_diffusion", nb,
-                           lost={c for c in grade_ids(nb) if c.startswith("check_q_sample")}))
-    nb = read_solution("01_noise_schedule")
-    cell = solution_cell(nb, "linear_beta_schedule")
-    cell.source = "while True:  # never ends\n    pass\n\n" + cell.source
-    subs.append(Submission("loops", "01_noise_schedule", nb,
-                           lost={c for c in grade_ids(nb) if c.startswith("check_linear_beta_schedule")}))
+    # a notebook that raises before defining an exercise, and one that never ends; each rides along with a
+    # mistake submission that leaves that exercise alone (one notebook run fewer each)
+    _host(subs, "02_forward_diffusion", "predict_x0", "raises",
+          'raise RuntimeError("a bug in my predict_x0 cell")\n')
+    _host(subs, "01_noise_schedule", "linear_beta_schedule", "loops",
+          "while True:  # never ends\n    pass\n\n" + solution_cell(read_solution("01_noise_schedule"),
+                                                             "linear_beta_schedule").source)
     return subs
+
+
+def _host(subs: list[Submission], lesson: str, exercise: str, tag: str, source: str) -> None:
+    """Replace ``exercise``'s cell by ``source`` in the last submission of ``lesson`` that has no mistake for it."""
+    free = [s for s in subs if s.lesson == lesson and s.student.startswith("mistakes")
+            and all(m.exercise != exercise for m in s.mistakes)]
+    if free:
+        sub = free[-1]
+    else:
+        sub = Submission("mistakes0", lesson, read_solution(lesson))
+        subs.append(sub)
+    sub.student += f"_{tag}"
+    solution_cell(sub.nb, exercise).source = source
+    sub.lost |= {c for c in grade_ids(sub.nb) if c in (f"check_{exercise}", f"check_{exercise}_hidden")}
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -245,7 +256,7 @@ def _check_cell_output(nb: nbformat.NotebookNode, grade_id: str) -> str:
 
 
 def _subs(graded: Graded, student: str) -> list[Submission]:
-    return [s for s in graded.submissions if s.student == student]
+    return [s for s in graded.submissions if s.student == student or s.student.endswith(f"_{student}")]
 
 
 # ------------------------------------------------------------------------------------------------ the proofs
@@ -302,7 +313,7 @@ def test_mistake_loses_exactly_its_checks(graded: Graded, name: str) -> None:
 
 
 def test_mistake_submissions_keep_the_rest(graded: Graded) -> None:
-    """Every cell that no injected mistake breaks keeps its points (mistakes never cascade)."""
+    """Every cell that no injected mistake (or raising or looping cell) breaks keeps its points: nothing cascades."""
     wrong = [f"{s.student}/{s.lesson} {w}" for s in graded.submissions if s.mistakes for w in _wrong_cells(graded, s)]
     assert not wrong, "\n".join(wrong)
 
@@ -311,8 +322,8 @@ def test_raising_submission_is_scored(graded: Graded) -> None:
     (sub,) = _subs(graded, "raises")
     wrong = _wrong_cells(graded, sub)
     assert not wrong, "\n".join(wrong)
-    out = _check_cell_output(graded.autograded(sub), "check_q_sample")
-    assert "define `q_sample` first" in out, out
+    out = _check_cell_output(graded.autograded(sub), "check_predict_x0")
+    assert "define `predict_x0` first" in out, out
 
 
 def test_looping_submission_is_stopped_and_scored(graded: Graded) -> None:
