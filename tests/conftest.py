@@ -59,3 +59,14 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
         pytest.skip(f"{origin} does not define `{e.name}`" + (f" ({why})" if why else ""))
     except CheckSkipped as e:
         pytest.skip(str(e))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With ``--impl``, grade only: keep the tests that take ``impl`` and deselect the rest of the suite."""
+    if config.getoption("--impl") is None:
+        return
+    keep = [it for it in items if "impl" in getattr(it, "fixturenames", ())]
+    dropped = [it for it in items if "impl" not in getattr(it, "fixturenames", ())]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
