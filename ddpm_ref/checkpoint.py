@@ -194,10 +194,10 @@ def export_ema(ckpt_path: str | Path, out_path: str | Path, *, dtype: torch.dtyp
 def load_pretrained_lfw_tiny(device: str | torch.device = "cpu") -> tuple[nn.Module, NoiseSchedule]:
     """(model, schedule) of the shipped lfw-tiny checkpoint: EMA weights, fp32, eval mode.
 
-    Reproduce the file with the command in ``docs_training.md`` (train the lfw-tiny preset, then export).
+    Reproduce the file with the command in ``TRAINING.md`` (train the lfw-tiny preset, then export).
     """
     if not LFW_TINY_ASSET.is_file():
         raise FileNotFoundError(f"the shipped checkpoint {str(LFW_TINY_ASSET)!r} is missing: reinstall ddpm-course "
-                                "or rebuild it (see docs_training.md)")
+                                "or rebuild it (see TRAINING.md)")
     model, schedule, _ = model_from_checkpoint(LFW_TINY_ASSET, device=device)
     return model, schedule

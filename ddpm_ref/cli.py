@@ -283,15 +283,13 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_presets(args: argparse.Namespace) -> None:
-    from .config import PRESETS
-    from .schedule import NoiseSchedule
+    from .config import PRESETS, build_schedule
 
     for name, c in PRESETS.items():
-        betas = "" if c.beta_schedule == "cosine" else f" β {c.beta_start:g}→{c.beta_end:g}"
-        ab = NoiseSchedule.from_name(c.beta_schedule, c.T, **({} if c.beta_schedule == "cosine" else
-                                     {"beta_start": c.beta_start, "beta_end": c.beta_end})).alpha_bars[-1].item()
-        print(f"{name:18s} {c.channels}×{c.image_size}², UNet {list(c.model_channels)}, T={c.T} {c.beta_schedule}"
-              f"{betas} (ᾱ_T-1={ab:.2g}), batch {c.batch_size}, lr {c.lr:g}, EMA {c.ema_decay}, {c.epochs} epochs, "
+        s = build_schedule(c)
+        print(f"{name:18s} {c.channels}×{c.image_size}², UNet {list(c.model_channels)}, T={c.T} {c.beta_schedule} "
+              f"(β {s.betas[0].item():.2g}→{s.betas[-1].item():.2g}, ᾱ_T-1={s.alpha_bars[-1].item():.2g}), "
+              f"batch {c.batch_size}, lr {c.lr:g}, EMA {c.ema_decay}, {c.epochs} epochs, "
               f"data {c.data or '(--data PATH)'}")
 
 

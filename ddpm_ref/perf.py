@@ -126,7 +126,7 @@ def cpu_threads(cores: int | None = None, load: float | None = None) -> int:
 
     torch starts one thread per physical core; when other processes keep those cores busy, every parallel
     region waits for its slowest, descheduled thread (measured on 2 shared cores: one thread trained lfw-tiny
-    ~10× faster than two at a load average of 7; see docs_bench.md). ``cores`` defaults to torch's start-up
+    ~10× faster than two at a load average of 7; see BENCHMARKS.md). ``cores`` defaults to torch's start-up
     thread count (capped by the affinity mask), ``load`` to ``os.getloadavg()[0]`` (0 where unknown). A thread
     count set with ``OMP_NUM_THREADS`` is the user's choice and is returned as it is.
     """
@@ -148,7 +148,7 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
-#: the CPU switches that won on the 2-core benchmark machine (see docs_bench.md): bf16 autocast (×1.7 on lfw-tiny,
+#: the CPU switches that won on the 2-core benchmark machine (see BENCHMARKS.md): bf16 autocast (×1.7 on lfw-tiny,
 #: ×1.8 on the 256 px seed model, on a CPU with bf16 in hardware). channels_last lost (×0.31 and ×0.87), fused AdamW
 #: was within noise on lfw-tiny, and torch.compile took 275 s to compile for no gain (×0.95).
 CPU_DEMO = PerfOptions(amp="bf16")
