@@ -96,8 +96,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for a truncated or foreign file
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{str(path)!r} is not a readable checkpoint ({msg[:200]})") from None
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
+        if not is_zip:
+            why = "not a file written by torch.save"
+        elif "weights_only" in str(e):
+            why = "it holds Python objects besides tensors and plain data, which a ddpm_ref checkpoint never does"
+        else:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            why = "truncated or corrupted: " + first.split(". ")[0][:160]
+        raise ValueError(f"{str(path)!r} is not a readable checkpoint ({why}); use a file written by "
+                         "ddpm_ref train or ddpm_ref export") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") not in (CKPT_FORMAT, EXPORT_FORMAT):
         raise ValueError(f"{str(path)!r} is not a ddpm_ref checkpoint (no 'format': {CKPT_FORMAT!r} entry); "
                          "use a file written by ddpm_ref train or ddpm_ref export")

@@ -138,12 +138,18 @@ def test_bad_checkpoint_files_get_one_line_errors(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"\x00garbage")
-    with pytest.raises(ValueError, match="not a readable checkpoint"):
+    with pytest.raises(ValueError, match=r"not a readable checkpoint \(not a file written by torch.save\)"):
         load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"format": "x", "obj": Path("a")}, tmp_path / "objects.pt")  # loads only with weights_only=False
+    with pytest.raises(ValueError, match="holds Python objects besides tensors"):
+        load_checkpoint(tmp_path / "objects.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "objects.pt").read_bytes()[:200])  # an interrupted copy
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        load_checkpoint(tmp_path / "cut.pt")
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a ddpm_ref checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
-    for err in ("junk.pt", "other.pt"):
+    for err in ("junk.pt", "objects.pt", "cut.pt", "other.pt"):
         try:
             load_checkpoint(tmp_path / err)
         except ValueError as e:
