@@ -49,7 +49,8 @@ class TrainConfig:
     ``weight_decay``; ``lr_schedule`` "cosine" (to ``min_lr`` over the run, after ``warmup_steps`` of linear
     warmup) or "constant"; ``grad_clip`` max gradient norm; ``ema_decay`` of the parameter EMA; ``amp`` "auto"
     (fp16+GradScaler below compute capability 8, bf16 from 8, off on CPU), "off", "fp16" or "bf16".
-    Length: ``epochs``; ``max_steps`` stops earlier (and sets the cosine length) when > 0; ``time_budget_s``
+    Length: ``epochs``; ``max_steps`` stops earlier when > 0 (the cosine length stays that of ``epochs``, so a run
+    stopped early resumes exactly); ``time_budget_s``
     saves and stops cleanly after that many seconds of this session when > 0. Outputs: ``save_every_steps``
     extra ckpt_latest saves (0: only at epoch ends); ``milestone_every`` epochs between ckpt_epoch_XXX.pt;
     ``preview_every`` epochs between EMA preview grids of ``preview_n`` images (0: none).

@@ -25,6 +25,7 @@ import torch
 from .config import TrainConfig, build_model, build_schedule, get_config
 from .data import lfw_faces
 from .evaluate import default_t_starts, evaluate_reconstruction, write_eval_csv
+from .perf import cpu_has_native_bf16
 from .plots import (
     auto_scale,
     plot_eval,
@@ -33,10 +34,14 @@ from .plots import (
     save_reconstruction_figure,
     save_reverse_strip,
 )
+from .precision import resolve_amp_dtype
 from .samplers import sample
 from .train import Callback, Trainer, TrainResult, train_step
 
-__all__ = ["DemoResult", "run_demo", "calibrate_steps"]
+__all__ = ["DemoResult", "run_demo", "calibrate_steps", "demo_amp"]
+
+#: EMA preview grids per demo run: every ceil(epochs / PREVIEWS) epochs, and after the last
+PREVIEWS = 4
 
 
 @dataclass
@@ -55,17 +60,40 @@ def _seconds_per_step(config: TrainConfig, probe_steps: int, give_up_after: floa
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr)
     x0 = lfw_faces("train", config.image_size)[: config.batch_size]
     g = torch.Generator().manual_seed(0)
-    for _ in range(2):  # warm-up: allocator, kernels
-        train_step(model, opt, x0, schedule, generator=g)
+    amp_dtype = resolve_amp_dtype("cpu", config.amp)  # type: ignore[arg-type]
+    for _ in range(3):  # warm-up: allocator, kernels, the thread pool after a change of thread count
+        train_step(model, opt, x0, schedule, generator=g, amp_dtype=amp_dtype)
     t0 = time.perf_counter()
     for _ in range(probe_steps):
-        train_step(model, opt, x0, schedule, generator=g)
+        train_step(model, opt, x0, schedule, generator=g, amp_dtype=amp_dtype)
         if time.perf_counter() - t0 > give_up_after:
             return float("inf")
     return (time.perf_counter() - t0) / probe_steps
 
 
-def calibrate_steps(config: TrainConfig, seconds: float, *, probe_steps: int = 10) -> int:
+def _seconds_per_sampling_step(config: TrainConfig, batch: int, probe_steps: int = 3) -> float:
+    """Wall time of one reverse step for ``batch`` images (the network call dominates), fp32 as in previews."""
+    model = build_model(config).eval()
+    x = torch.randn(batch, config.channels, config.image_size, config.image_size)
+    t = torch.full((batch,), config.T - 1, dtype=torch.long)
+    with torch.inference_mode():
+        model(x, t)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(probe_steps):
+            model(x, t)
+    return (time.perf_counter() - t0) / probe_steps
+
+
+def demo_amp(amp: str) -> str:
+    """The precision the demo trains in: ``amp`` as given, except that ``"auto"`` (which means fp32 on a CPU)
+    becomes bf16 autocast where the CPU computes bf16 in hardware. That is ×1.7 more steps in the same time
+    (BENCHMARKS.md) for the same loss within seed-to-seed variation; elsewhere bf16 is emulated and slower."""
+    if amp != "auto" or torch.cuda.is_available():
+        return amp
+    return "bf16" if cpu_has_native_bf16() else "off"
+
+
+def calibrate_steps(config: TrainConfig, seconds: float, *, probe_steps: int = 20) -> int:
     """How many optimizer steps of ``config`` fit in ``seconds`` here; also picks the faster CPU thread count.
 
     Several threads per process win on a quiet machine; on a busy one, where other processes hold the cores,
@@ -131,15 +159,23 @@ def run_demo(
     t_wall = time.perf_counter()
     out = Path(out_dir)
     cfg = config or get_config("lfw-tiny")
+    cfg = cfg.replace(amp=demo_amp(cfg.amp))
     budget = 0.0  # an explicit step count is honoured exactly
     if steps <= 0:
         budget = max(train_seconds, 0.0)  # safety net if the machine slows down (0: none)
         log(f"measuring this machine's speed (1 or {torch.get_num_threads()} CPU threads) ...")
-        steps = calibrate_steps(cfg, train_seconds)
-        log(f"using {torch.get_num_threads()} thread(s)")
-    spe = len(lfw_faces("train", cfg.image_size)) * cfg.dataset_repeat // cfg.batch_size
+        steps = calibrate_steps(cfg, train_seconds)  # also settles the thread count used below
+        # the EMA previews (at most PREVIEWS of them, T steps each) come out of the same budget
+        previews_s = PREVIEWS * cfg.T * _seconds_per_sampling_step(cfg, cfg.preview_n)
+        steps = max(1, int(steps * max(0.5, 1 - previews_s / train_seconds)))
+        log(f"using {torch.get_num_threads()} thread(s), "
+            + ("bf16 autocast" if cfg.amp == "bf16" else "fp32" if cfg.amp == "off" else f"amp={cfg.amp}"))
+    n_faces = len(lfw_faces("train", cfg.image_size))
+    if budget:  # size the epochs so that about 3·PREVIEWS of them make up the measured number of steps
+        cfg = cfg.replace(dataset_repeat=max(1, round(steps * cfg.batch_size / (n_faces * 3 * PREVIEWS))))
+    spe = n_faces * cfg.dataset_repeat // cfg.batch_size
     epochs = max(1, round(steps / spe))
-    cfg = cfg.replace(epochs=epochs, max_steps=0, time_budget_s=budget, preview_every=max(1, epochs // 4),
+    cfg = cfg.replace(epochs=epochs, max_steps=0, time_budget_s=budget, preview_every=-(-epochs // PREVIEWS),
                       milestone_every=0)
     ckpt = out / "checkpoints" / "ckpt_latest.pt"
     ckpt.unlink(missing_ok=True)  # the demo always starts from scratch

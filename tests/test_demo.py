@@ -48,3 +48,16 @@ def test_calibration_scales_with_the_budget():
     finally:
         torch.set_num_threads(threads)
     assert 1 <= short < long
+
+
+def test_demo_trains_in_bf16_only_where_the_cpu_has_it(monkeypatch):
+    import ddpm_ref.demo as demo
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for native, expected in ((True, "bf16"), (False, "off")):
+        monkeypatch.setattr(demo, "cpu_has_native_bf16", lambda native=native: native)
+        assert demo.demo_amp("auto") == expected
+        for asked in ("off", "bf16", "fp16"):  # an explicit choice is the user's
+            assert demo.demo_amp(asked) == asked
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert demo.demo_amp("auto") == "auto"  # on a GPU the Trainer's own rule applies
