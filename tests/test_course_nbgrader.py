@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import html
-import importlib.util
 import os
 import re
 import shutil
@@ -39,22 +38,14 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from tests._course import ROOT, SOLUTIONS, load_release
 from tests.mistakes import MISTAKES, Mistake, hidden_checks
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
-SOLUTIONS = ROOT / "solutions"
 
 
-def _load_release():
-    spec = importlib.util.spec_from_file_location("course_release", SOLUTIONS / "release.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-release = _load_release()
+release = load_release()
 LESSONS = release.lesson_ids()
 
 

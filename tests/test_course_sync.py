@@ -7,7 +7,6 @@ folder, then static checks of the cells' metadata, sources and names against ``t
 from __future__ import annotations
 
 import ast
-import importlib.util
 import inspect
 import re
 from pathlib import Path
@@ -16,11 +15,10 @@ import nbformat
 import pytest
 
 import ddpm_ref
+from tests._course import ROOT, SOLUTIONS, load_release
 from tests.harness import EXERCISES, REGISTRY, load_all_checks
 from tests.mistakes import MISTAKES
 
-ROOT = Path(__file__).resolve().parent.parent
-SOLUTIONS = ROOT / "solutions"
 LESSONS_DIR = ROOT / "lessons"
 
 #: the lessons of the course and their exercises, in order (course conventions)
@@ -45,14 +43,7 @@ from ddpm_ref.course import FAST, run_checks   # the course's check runner; FAST
 torch.manual_seed(0)"""
 
 
-def _load_release():
-    spec = importlib.util.spec_from_file_location("course_release", SOLUTIONS / "release.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-release = _load_release()
+release = load_release()
 PRESENT = release.lesson_ids()
 
 
