@@ -183,7 +183,11 @@ def _cmd_train(args: argparse.Namespace) -> None:
         raise SystemExit(130) from None
     finally:
         trainer.close()
-    if trainer.is_main:
+    if trainer.is_main and not result.step_losses:
+        limit = "--max-steps" if result.stopped == "max_steps" else "--epochs"
+        print(f"nothing to train: {out} is already at step {result.step}, epoch {result.epoch} ({result.stopped}); "
+              f"raise {limit} to continue it, or pass --fresh to start over")
+    elif trainer.is_main:
         print(f"stopped ({result.stopped}) at step {result.step}, epoch {result.epoch}: final loss "
               f"{result.final_loss:.4f}, {result.elapsed_s:.0f} s this session; non-finite steps "
               f"{result.nonfinite_steps}, unreadable-image skips {result.skipped_images}")

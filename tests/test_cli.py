@@ -46,10 +46,14 @@ def test_train_resumes_and_extends(run_dir: Path, capsys: pytest.CaptureFixture[
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
 
 
-def test_fresh_starts_over(tmp_path: Path):
+def test_fresh_starts_over(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     args = ["train", "--out", str(tmp_path), *TINY]
     args[args.index("--epochs") + 1] = "1"
-    assert main(args) == 0 and main(args) == 0  # the second run finds the first finished: nothing to do
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 0  # the second run finds the first finished: nothing to do, and says so
+    out = capsys.readouterr().out
+    assert "nothing to train" in out and "at step 3" in out and "--epochs" in out and "nan" not in out
     assert torch.load(tmp_path / "checkpoints" / "ckpt_latest.pt", weights_only=True)["step"] == 3
     assert main([*args, "--fresh"]) == 0
     assert torch.load(tmp_path / "checkpoints" / "ckpt_latest.pt", weights_only=True)["step"] == 3
