@@ -25,7 +25,7 @@ import torch
 from .config import TrainConfig, build_model, build_schedule, get_config
 from .data import lfw_faces
 from .evaluate import default_t_starts, evaluate_reconstruction, write_eval_csv
-from .perf import cpu_has_native_bf16
+from .perf import cpu_amp
 from .plots import (
     auto_scale,
     plot_eval,
@@ -90,7 +90,7 @@ def demo_amp(amp: str) -> str:
     (BENCHMARKS.md) for the same loss within seed-to-seed variation; elsewhere bf16 is emulated and slower."""
     if amp != "auto" or torch.cuda.is_available():
         return amp
-    return "bf16" if cpu_has_native_bf16() else "off"
+    return cpu_amp()
 
 
 def calibrate_steps(config: TrainConfig, seconds: float, *, probe_steps: int = 20) -> int:
@@ -168,8 +168,7 @@ def run_demo(
         # the EMA previews (at most PREVIEWS of them, T steps each) come out of the same budget
         previews_s = PREVIEWS * cfg.T * _seconds_per_sampling_step(cfg, cfg.preview_n)
         steps = max(1, int(steps * max(0.5, 1 - previews_s / train_seconds)))
-        log(f"using {torch.get_num_threads()} thread(s), "
-            + ("bf16 autocast" if cfg.amp == "bf16" else "fp32" if cfg.amp == "off" else f"amp={cfg.amp}"))
+        log(f"using {torch.get_num_threads()} thread(s), amp={cfg.amp}")
     n_faces = len(lfw_faces("train", cfg.image_size))
     if budget:  # size the epochs so that about 3·PREVIEWS of them make up the measured number of steps
         cfg = cfg.replace(dataset_repeat=max(1, round(steps * cfg.batch_size / (n_faces * 3 * PREVIEWS))))

@@ -48,6 +48,7 @@ __all__ = [
     "default_threads",
     "cpu_threads",
     "cpu_has_native_bf16",
+    "cpu_amp",
     "configure",
     "backend_flags",
     "prepare_model",
@@ -148,6 +149,11 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
+def cpu_amp() -> str:
+    """The ``amp`` mode to train with on this CPU: "bf16" where it computes bf16 in hardware, else "off" (fp32)."""
+    return "bf16" if cpu_has_native_bf16() else "off"
+
+
 #: the CPU switches that won on the 2-core benchmark machine (see BENCHMARKS.md): bf16 autocast (×1.7 on lfw-tiny,
 #: ×1.8 on the 256 px seed model, on a CPU with bf16 in hardware). channels_last lost (×0.31 and ×0.87), fused AdamW
 #: was within noise on lfw-tiny, and torch.compile took 275 s to compile for no gain (×0.95).
@@ -163,7 +169,7 @@ def recommended(device: torch.device | str) -> PerfOptions:
     """
     if torch.device(device).type == "cuda":
         return PerfOptions(amp="auto", channels_last=True, fused_adamw=True, cudnn_benchmark=True)
-    return CPU_DEMO.replace(amp="bf16" if cpu_has_native_bf16() else "off", threads=cpu_threads())
+    return CPU_DEMO.replace(amp=cpu_amp(), threads=cpu_threads())
 
 
 def configure(opts: PerfOptions, device: torch.device | str) -> None:

@@ -43,8 +43,6 @@ from tests.mistakes import MISTAKES, Mistake, hidden_checks
 
 pytestmark = pytest.mark.slow
 
-
-
 release = load_release()
 LESSONS = release.lesson_ids()
 

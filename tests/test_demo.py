@@ -52,10 +52,11 @@ def test_calibration_scales_with_the_budget():
 
 def test_demo_trains_in_bf16_only_where_the_cpu_has_it(monkeypatch):
     import ddpm_ref.demo as demo
+    from ddpm_ref import perf
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for native, expected in ((True, "bf16"), (False, "off")):
-        monkeypatch.setattr(demo, "cpu_has_native_bf16", lambda native=native: native)
+        monkeypatch.setattr(perf, "cpu_has_native_bf16", lambda native=native: native)
         assert demo.demo_amp("auto") == expected
         for asked in ("off", "bf16", "fp16"):  # an explicit choice is the user's
             assert demo.demo_amp(asked) == asked
