@@ -43,6 +43,9 @@ from ddpm_ref.course import FAST, run_checks   # the course's check runner; FAST
 torch.manual_seed(0)"""
 
 
+#: every check cell imports the runner afresh, so a student's cell that rebinds `run_checks` changes nothing
+RUNNER_IMPORT = "from ddpm_ref.course import run_checks"
+
 release = load_release()
 PRESENT = release.lesson_ids()
 
@@ -185,15 +188,17 @@ def test_notebook_follows_the_conventions(lesson: str) -> None:
             assert meta(nxt) == {"grade": True, "solution": False, "locked": True, "grade_id": f"check_{name}",
                                  "points": meta(nxt).get("points"), "schema_version": 3}, (
                 f"{lesson}: the cell after exercise {name} must be its check cell, got {meta(nxt)}")
-            assert nxt.source == f'run_checks("{name}", globals())', f"{lesson}: check_{name} source: {nxt.source!r}"
+            assert nxt.source == f'{RUNNER_IMPORT}\nrun_checks("{name}", globals())', (
+                f"{lesson}: check_{name} source: {nxt.source!r}")
             assert isinstance(meta(nxt)["points"], (int, float)) and meta(nxt)["points"] > 0, f"check_{name} points"
             hidden = cells[i + 2] if i + 2 < len(cells) else None
             if hidden is not None and meta(hidden).get("grade_id") == f"check_{name}_hidden":
                 assert meta(hidden) == {"grade": True, "solution": False, "locked": True,
                                         "grade_id": f"check_{name}_hidden", "points": meta(hidden)["points"],
                                         "schema_version": 3}, f"{lesson}: check_{name}_hidden metadata"
-                assert hidden.source == (f'### BEGIN HIDDEN TESTS\nrun_checks("{name}", globals(), hidden=True)\n'
-                                         "### END HIDDEN TESTS"), f"{lesson}: check_{name}_hidden source"
+                assert hidden.source == (f'### BEGIN HIDDEN TESTS\n{RUNNER_IMPORT}\n'
+                                         f'run_checks("{name}", globals(), hidden=True)\n### END HIDDEN TESTS'), (
+                    f"{lesson}: check_{name}_hidden source")
                 assert meta(hidden)["points"] > 0
         elif m.get("grade"):
             gid = m["grade_id"]
