@@ -456,6 +456,26 @@ MISTAKES: list[Mistake] = [
         "ignores the time embedding",
     ),
     Mistake(
+        "resblock_adagn_before_norm", "ResBlock",
+        ("ResBlock_adagn_after_norm", "ResBlock_matches_reference_math"),
+        "applies the time embedding's scale and shift before the second GroupNorm, which normalises them away",
+        _edit(RESBLOCK, "h = self.norm2(h) * (1 + scale) + shift", "h = self.norm2(h * (1 + scale) + shift)"),
+        "before the second GroupNorm",
+    ),
+    Mistake(
+        "resblock_adagn_on_input", "ResBlock",
+        ("ResBlock_adagn_after_norm", "ResBlock_uses_time_embedding"),
+        "applies the time embedding's scale and shift to the block's input instead of the normalised features",
+        _edit(_edit(_edit(RESBLOCK, "self.emb_proj = nn.Linear(emb_dim, 2 * out_ch)",
+                          "self.emb_proj = nn.Linear(emb_dim, 2 * in_ch)"),
+                    "        h = self.conv1(F.silu(self.norm1(x)))\n"
+                    "        scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)\n",
+                    "        scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)\n"
+                    "        h = self.conv1(F.silu(self.norm1(x * (1 + scale) + shift)))\n"),
+              "h = self.norm2(h) * (1 + scale) + shift", "h = self.norm2(h)"),
+        "the block's input",
+    ),
+    Mistake(
         "attention_scrambled_reshape", "SelfAttention",
         ("SelfAttention_permutation_equivariance", "SelfAttention_matches_reference_math"),
         "reshapes [B, C, H, W] straight to [B, H·W, C], mixing channels with positions",
@@ -747,6 +767,19 @@ ALTERNATIVES: list[Alternative] = [
     ''')),
     Alternative("train_step_student", "train_step", "zero_grad(set_to_none=False), clipping after backward",
                 _edit(TRAIN_STEP, "optimizer.zero_grad()", "optimizer.zero_grad(set_to_none=False)")),
+    Alternative("train_step_zero_grad_last", "train_step", "clears the gradients at the end of the step, not the start",
+                _src('''
+        from ddpm_ref import ddpm_loss
+
+
+        def train_step(model, optimizer, x0, schedule, *, generator=None, grad_clip=1.0):
+            loss = ddpm_loss(model, x0, schedule, generator=generator)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return float(loss.detach())
+    ''')),
     Alternative("p_sample_log_variance", "p_sample", "σ from posterior_log_variance, the mean written out",
                 _src('''
         @torch.no_grad()

@@ -141,21 +141,22 @@ def test_ddpm_loss_default_sampling(impl) -> None:
 # ---------------------------------------------------------------------------------------- train_step
 
 
-def _run_step(impl, *, grad_clip: float | None, stale_grads: bool, seed: int):
+def _run_step(impl, *, grad_clip: float | None, seed: int, steps: int = 1):
+    """``steps`` calls of train_step on a fresh probe and optimizer (SGD, lr 0.1): the plain start of training."""
     s = seed_schedule()
     x0 = batch(8, seed)
     model = Probe()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    if stale_grads:  # left over from an earlier step: train_step must clear them
-        model.w.grad, model.b.grad = torch.tensor(5.0), torch.tensor(-3.0)
     kwargs = {} if grad_clip is None else {"grad_clip": grad_clip}
-    out = impl.train_step(model, opt, x0, s, generator=torch.Generator().manual_seed(seed), **kwargs)
-    if not model.calls:
-        raise AssertionError("train_step never called the model. Hint: loss = ddpm_loss(model, x0, schedule, ...)")
+    outs = [impl.train_step(model, opt, x0, s, generator=torch.Generator().manual_seed(seed + 17 * k), **kwargs)
+            for k in range(steps)]
+    if len(model.calls) < steps:
+        raise AssertionError(f"train_step called the model {len(model.calls)} time(s) in {steps} step(s). "
+                             "Hint: loss = ddpm_loss(model, x0, schedule, ...), once per step")
     x_t, t = model.calls[0]
     eps = recover_noise(x_t, t, x0, s)
     loss, gw, gb = probe_loss_and_grads(0.5, 0.3, x_t, t, eps)
-    return out, model, loss, gw, gb
+    return outs[0], model, loss, gw, gb
 
 
 def _params(model: Probe) -> Tensor:
@@ -165,7 +166,7 @@ def _params(model: Probe) -> Tensor:
 @check("train_step")
 def test_train_step_returns_loss(impl) -> None:
     """Returns the loss of this step (before the update) as a Python float (loss.item())."""
-    out, model, loss, _, _ = _run_step(impl, grad_clip=1e6, stale_grads=False, seed=0)
+    out, model, loss, _, _ = _run_step(impl, grad_clip=1e6, seed=0)
     if out is None:
         raise AssertionError("train_step returned None. Hint: return loss.item()")
     value = expect_float(out, "train_step's return value")
@@ -179,16 +180,31 @@ def test_train_step_returns_loss(impl) -> None:
 
 @check("train_step")
 def test_train_step_updates_parameters(impl) -> None:
-    """One SGD step θ ← θ − lr·∇L with the gradient of this batch only (stale gradients must be cleared first)."""
-    _, model, _, gw, gb = _run_step(impl, grad_clip=1e6, stale_grads=True, seed=1)
+    """Two steps θ ← θ − lr·∇L, each with the gradient of its own batch only (no gradient carried over).
+
+    Two real steps on a fresh optimizer expose a missing ``zero_grad`` (the second step would add the first
+    step's gradient) whether a correct train_step clears the gradients at the start or at the end of a step.
+    """
+    _, model, _, gw, gb = _run_step(impl, grad_clip=1e6, seed=1, steps=2)
+    s, x0 = seed_schedule(), batch(8, 1)
     start = torch.tensor([0.5, 0.3], dtype=torch.float64)
-    g = torch.tensor([gw, gb], dtype=torch.float64)
-    expect_close(_params(model), start - 0.1 * g, "the parameters (w, b) after one SGD step (lr 0.1)",
+    g1 = torch.tensor([gw, gb], dtype=torch.float64)
+    mid = start - 0.1 * g1
+    x_t, t = model.calls[1]
+    eps = recover_noise(x_t, t, x0, s)
+
+    def grad_at(theta: Tensor) -> Tensor:
+        _, gw_, gb_ = probe_loss_and_grads(float(theta[0]), float(theta[1]), x_t, t, eps)
+        return torch.tensor([gw_, gb_], dtype=torch.float64)
+
+    g2 = grad_at(mid)
+    up = start + 0.1 * g1
+    expect_close(_params(model), mid - 0.1 * g2, "the parameters (w, b) after two SGD steps (lr 0.1)",
                  atol=1e-6, rtol=1e-5, diagnoses=[
-                     (start - 0.1 * (g + torch.tensor([5.0, -3.0], dtype=torch.float64)),
-                      "call optimizer.zero_grad() first: gradients left from the previous step were added to this one"),
+                     (mid - 0.1 * (g2 + g1),
+                      "call optimizer.zero_grad() in every step: the first step's gradient was added to the second"),
                      (start, "the parameters did not change: call loss.backward() and then optimizer.step()"),
-                     (start + 0.1 * g, "step down the gradient: minimise the loss (no minus sign in the loss)"),
+                     (up + 0.1 * grad_at(up), "step down the gradient: minimise the loss (no minus sign in the loss)"),
                  ], hint="optimizer.zero_grad(); loss.backward(); clip; optimizer.step()")
 
 
@@ -196,7 +212,7 @@ def test_train_step_updates_parameters(impl) -> None:
 def test_train_step_clips_gradients(impl) -> None:
     """The gradient norm is clipped to grad_clip (clip_grad_norm_) between backward and step; default 1.0."""
     for clip in (1e-3, None):
-        _, model, _, gw, gb = _run_step(impl, grad_clip=clip, stale_grads=False, seed=2)
+        _, model, _, gw, gb = _run_step(impl, grad_clip=clip, seed=2)
         limit = 1.0 if clip is None else clip
         start = torch.tensor([0.5, 0.3], dtype=torch.float64)
         g = torch.tensor([gw, gb], dtype=torch.float64)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 import ddpm_ref as R
 from tests._asserts import expect_close, expect_tensor, fmt, load_reference_weights, nudge_parameters
-from tests.harness import check
+from tests.harness import CheckSkipped, check
 
 BATCHNORM_HINT = (
     "a batch holds images at different noise levels, and BatchNorm normalises across them, so one sample "
@@ -170,6 +170,48 @@ def test_ResBlock_uses_time_embedding(impl) -> None:
             "per sample. Hint: project emb with a Linear (E → 2·C_out) after SiLU and use it as scale and shift "
             "on the second GroupNorm's output: h = GN(h)·(1 + scale) + shift"
         )
+
+
+def _inputs_of_norms(block: nn.Module, x: Tensor, emb: Tensor, channels: int) -> list[Tensor]:
+    """The input of every nn.GroupNorm over ``channels`` channels in ``block`` during one forward pass."""
+    seen: list[Tensor] = []
+    hooks = [m.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+             for m in block.modules() if isinstance(m, nn.GroupNorm) and m.num_channels == channels]
+    try:
+        with torch.no_grad():
+            block(x, emb)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+@check("ResBlock")
+def test_ResBlock_adagn_after_norm(impl) -> None:
+    """AdaGN: the time embedding's scale and shift act on the second GroupNorm's *output*, not on its input.
+
+    The input of the GroupNorm over C_out channels (and of the one over C_in) must not depend on emb: scale
+    and shift applied before a normalisation are largely undone by it, and applied to the block's input
+    they are mixed by the first convolution instead of modulating the normalised features.
+    """
+    block = _resblock(impl, 32, 64)
+    nudge_parameters(block)
+    block.eval()
+    x, emb = _res_inputs(32)(0)
+    emb2 = randn(*emb.shape, seed=7)
+    first_a, first_b = _inputs_of_norms(block, x, emb, 32), _inputs_of_norms(block, x, emb2, 32)
+    second_a, second_b = _inputs_of_norms(block, x, emb, 64), _inputs_of_norms(block, x, emb2, 64)
+    if not second_a:
+        raise CheckSkipped("no nn.GroupNorm over C_out channels found, so where AdaGN acts cannot be checked")
+    formula = "h = GN(h)·(1 + scale) + shift, with GN = the second GroupNorm"
+    if any(not torch.equal(a, b) for a, b in zip(first_a, first_b, strict=True)):
+        raise AssertionError(
+            "ResBlock applies the time embedding to the block's input: the input of the first GroupNorm changes with "
+            f"emb. AdaGN modulates the normalised features inside the block: {formula}")
+    if any(not torch.equal(a, b) for a, b in zip(second_a, second_b, strict=True)):
+        raise AssertionError(
+            "ResBlock applies the time embedding's scale and shift before the second GroupNorm, which largely "
+            f"normalises them away: the GroupNorm's input changes with emb. Apply them to its output: {formula}")
 
 
 @check("ResBlock")
