@@ -8,11 +8,14 @@ when ``DDPM_FAST`` is set: heavy cells shrink. Pictures take [B, C, H, W] (or [C
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import FunctionType, ModuleType
 from typing import Any
 
 import torch
@@ -58,24 +61,122 @@ def course_root() -> Path:
     )
 
 
-def _harness() -> Any:
+class CheckFailed(AssertionError):
+    """A check cell's failure: IPython shows this one line, not a traceback through the grader."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {self}"]
+
+
+@contextlib.contextmanager
+def _fresh_harness() -> Iterator[tuple[Any, list[str]]]:
+    """``tests.harness`` imported afresh from disk with every check, and the grader names the notebook replaced.
+
+    Every ``tests`` module is taken out of ``sys.modules`` and imported again, so attributes a notebook cell
+    assigned on the old ones (``tests.harness.run_checks = ...``, an assertion helper) are not used. Afterwards
+    the old modules come back, unless they had been changed: then the fresh ones stay.
+    """
     root = str(course_root())
     if root not in sys.path:
         sys.path.insert(0, root)
-    return importlib.import_module("tests.harness")
+
+    def take() -> dict[str, ModuleType]:
+        return {k: sys.modules.pop(k) for k in list(sys.modules) if k == "tests" or k.startswith("tests.")}
+
+    old, changed = take(), []
+    try:
+        harness = importlib.import_module("tests.harness")
+        harness.load_all_checks()
+        changed = harness.integrity.tampering(modules=old)
+        yield harness, changed
+    finally:
+        fresh = take()
+        sys.modules.update(old if old and not changed else fresh)
 
 
 def run_checks(name: str, namespace: Mapping[str, Any] | Any, hidden: bool = False) -> None:
     """Run the checks of exercise ``name`` on the definitions in ``namespace`` (a notebook's ``globals()``).
 
-    Prints one line per check; raises AssertionError when one fails (nbgrader then scores the cell 0).
-    ``hidden=True`` runs only the hidden checks (used by nbgrader's hidden test cells).
+    Prints one line per check; raises :class:`CheckFailed` (an AssertionError) when one fails, so that
+    nbgrader scores the cell 0. ``hidden=True`` runs only the hidden checks (nbgrader's hidden test cells).
+    The checks are imported afresh for every call and ``ddpm_ref``'s own objects are restored first: a
+    notebook that replaced part of the grader scores this cell 0 with a message saying so, and the real
+    checks run from the next cell on.
     """
-    harness = _harness()
+    changed = _GRADER.restore()
     try:
-        harness.run_checks(name, namespace, hidden=hidden)
+        with _fresh_harness() as (harness, replaced):
+            harness.run_checks(name, namespace, hidden=hidden, tampered=sorted({*changed, *replaced}))
     except AssertionError as e:  # one short line instead of a traceback through the harness
-        raise AssertionError(str(e)) from None
+        raise CheckFailed(str(e)) from None
+
+
+class _Grader:
+    """What the notebooks must not be able to change: this module's own functions and ``ddpm_ref``'s objects.
+
+    A snapshot taken when this module is first imported (a lesson's setup cell, before any student code):
+    the functions and classes bound in every loaded ``ddpm_ref`` module, the methods of ``ddpm_ref``'s classes
+    and the code of its functions. :meth:`restore` puts back whatever differs and returns its names.
+    """
+
+    def __init__(self) -> None:
+        self.attempts: list[str] = []
+        self.modules: dict[str, tuple[ModuleType, dict[str, Any]]] = {}
+        self.classes: dict[type, dict[str, Any]] = {}
+        self.code: dict[Any, tuple[Any, Any, Any]] = {}
+        for name, module in list(sys.modules.items()):
+            if isinstance(module, ModuleType) and (name == "ddpm_ref" or name.startswith("ddpm_ref.")):
+                owned = {k: v for k, v in vars(module).items() if callable(v) and not isinstance(v, ModuleType)}
+                self.modules[name] = (module, owned)
+                for value in owned.values():
+                    self._remember(value)
+
+    def _remember(self, value: Any) -> None:
+        if inspect.isclass(value) and value.__module__.startswith("ddpm_ref") and value not in self.classes:
+            self.classes[value] = dict(vars(value))
+            for member in vars(value).values():
+                self._remember(getattr(member, "__func__", member))
+        elif isinstance(value, FunctionType) and value.__module__ and value.__module__.startswith("ddpm_ref"):
+            self.code[value] = (value.__code__, value.__defaults__, value.__kwdefaults__)
+
+    def restore(self) -> list[str]:
+        changed = self.attempts[:]
+        self.attempts.clear()
+        for name, (module, owned) in self.modules.items():
+            current = vars(module)
+            for key, value in owned.items():
+                if current.get(key) is not value:
+                    changed.append(f"{name}.{key}")
+                    current[key] = value
+        for cls, members in self.classes.items():
+            for key, value in members.items():
+                if vars(cls).get(key) is not value:
+                    changed.append(f"{cls.__module__}.{cls.__qualname__}.{key}")
+                    type.__setattr__(cls, key, value)
+        for fn, (code, defaults, kwdefaults) in self.code.items():
+            if fn.__code__ is not code or fn.__defaults__ is not defaults or fn.__kwdefaults__ is not kwdefaults:
+                changed.append(f"{fn.__module__}.{fn.__qualname__}")
+                fn.__code__, fn.__defaults__, fn.__kwdefaults__ = code, defaults, kwdefaults
+        return sorted(set(changed))
+
+
+class _LockedModule(ModuleType):
+    """This module, with its public functions read-only: assigning one is recorded and ignored."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in __all__ or name in _PRIVATE_RUNNER:
+            _GRADER.attempts.append(f"{__name__}.{name}")
+            return
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in __all__ or name in _PRIVATE_RUNNER:
+            _GRADER.attempts.append(f"{__name__}.{name}")
+            return
+        super().__delattr__(name)
+
+
+_PRIVATE_RUNNER = ("_fresh_harness", "_Grader", "_GRADER", "CheckFailed", "course_root")
 
 
 # ------------------------------------------------------------------------------------------------ pictures
@@ -273,3 +374,7 @@ def t_slider(
     outs = {t: fn(t) for t in ts}
     if all(o is not None for o in outs.values()):
         show_strip(outs, title=f"t from 0 to {T - 1} (install ipywidgets for a slider)")
+
+
+_GRADER = _Grader()
+sys.modules[__name__].__class__ = _LockedModule

@@ -27,10 +27,12 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
+
+from tests import integrity
 
 CheckFn = Callable[[Any], None]
 
@@ -151,6 +153,15 @@ def as_impl(namespace: Mapping[str, Any] | Any) -> Any:
     impl = Impl(**{k: v for k, v in items.items() if not k.startswith("__")})
     if isinstance(namespace, ModuleType):
         impl._origin = namespace.__name__
+        impl._reference = namespace is sys.modules.get("ddpm_ref")
+    return impl
+
+
+def reference_impl(*names: str) -> Impl:
+    """An :class:`Impl` holding ``ddpm_ref``'s own definitions of ``names``, checked as the reference."""
+    ref = importlib.import_module("ddpm_ref")
+    impl = Impl(**{n: getattr(ref, n) for n in names})
+    impl._origin, impl._reference = "ddpm_ref", True
     return impl
 
 
@@ -183,17 +194,27 @@ def _globals_of(obj: Any) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def isolated(impl: Any, exercise: str) -> Iterator[None]:
-    """While checking ``exercise``, make its definition call ``ddpm_ref`` for every *other* exercise.
+    """While checking ``exercise``: its definition calls ``ddpm_ref`` for every *other* exercise, and is the
+    student's own work.
 
-    The names are swapped in the definition's globals (the notebook's namespace) and restored afterwards,
-    so a mistake in ``p_sample`` cannot fail the checks of ``sample``.
+    The other exercises' names are swapped in the definition's globals (the notebook's namespace) and restored
+    afterwards, so a mistake in ``p_sample`` cannot fail the checks of ``sample``. Unless ``impl`` is the
+    reference itself, the definition must not be, subclass, wrap or call ``ddpm_ref``'s own ``exercise``
+    (:func:`tests.integrity.guard_own_work`), and the grader's modules must be untouched
+    (:func:`tests.integrity.tampering`).
     """
     target = _definition(impl, exercise)
+    reference = getattr(impl, "_reference", False) is True
+    if not reference:
+        changed = integrity.tampering()
+        if changed:
+            raise Tampered(tampered_message(changed))
     if target is None:
         yield
         return
     ref = importlib.import_module("ddpm_ref")
     swapped: list[tuple[dict[str, Any], str, Any]] = []
+    guard = contextlib.nullcontext() if reference else integrity.guard_own_work(impl, exercise, target)
     try:
         for g in _globals_of(target):
             for other in EXERCISES:
@@ -202,10 +223,22 @@ def isolated(impl: Any, exercise: str) -> Iterator[None]:
                 if g[other] is not getattr(ref, other):
                     swapped.append((g, other, g[other]))
                     g[other] = getattr(ref, other)
-        yield
+        with guard:
+            yield
     finally:
         for g, name, value in reversed(swapped):
             g[name] = value
+
+
+class Tampered(AssertionError):  # noqa: N818 (reads as what happened)
+    """The grader's own code was changed from the graded notebook."""
+
+
+def tampered_message(changed: list[str]) -> str:
+    """One line for a cell whose notebook changed the grader (``changed``: the names that were replaced)."""
+    names = ", ".join(f"`{n}`" for n in changed[:4]) + (", …" if len(changed) > 4 else "")
+    return (f"the notebook replaced part of the grader ({names}), so this cell scores 0: checks cannot be switched "
+            "off or replaced (the real ones run from the next cell on); remove that code")
 
 
 def _where(e: BaseException) -> str:
@@ -225,13 +258,21 @@ def run_checks(
     hidden: bool = False,
     timeout: float = 60.0,
     raise_on_failure: bool = True,
+    tampered: Sequence[str] = (),
 ) -> dict[str, str | None]:
     """Run every check of ``exercise`` against ``namespace``; print one line per check.
 
     Returns {check name: None if passed (or skipped) else the failure message}. Raises AssertionError when
     any check failed (so nbgrader scores the cell 0), unless ``raise_on_failure`` is False.
-    ``hidden`` selects only the hidden checks (for nbgrader's hidden test cells).
+    ``hidden`` selects only the hidden checks (for nbgrader's hidden test cells). ``tampered`` names parts of the
+    grader the notebook replaced (found by ``ddpm_ref.course.run_checks``): then no check runs and the cell fails.
     """
+    if tampered:
+        msg = tampered_message(list(tampered))
+        print(f"  ✗ {exercise}: {msg}")
+        if raise_on_failure:
+            raise Tampered(f"{exercise}: {msg}")
+        return {"grader": msg}
     load_all_checks()
     fns = [f for f in REGISTRY.get(exercise, []) if getattr(f, "hidden", False) == hidden]
     if not fns:
@@ -246,6 +287,11 @@ def run_checks(
                 fn(impl)
             results[name] = None
             print(f"  ✓ {name}  ({time.perf_counter() - start:.1f} s)")
+        except integrity.ReferenceUsed as e:  # the same for every check: say it once, run no more
+            for other in fns:
+                results[check_name(other)] = str(e)
+            print(f"  ✗ {exercise}: {e}")
+            break
         except CheckSkipped as e:
             results[name] = None
             print(f"  – {name}: skipped ({e})")

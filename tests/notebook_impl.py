@@ -78,11 +78,15 @@ def _strip_magics(source: str) -> str | None:
     return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in lines)
 
 
-def _top_level_names(tree: ast.Module) -> tuple[str, ...]:
+def _top_level_names(tree: ast.Module, exercise: str | None = None) -> tuple[str, ...]:
+    """Names a cell defines at its top level; in an exercise's own cell, importing the exercise's name counts too
+    (so that a notebook that imports the reference as its answer is graded, and refused, rather than skipped)."""
     names: list[str] = []
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.append(node.name)
+        elif exercise and isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.extend(a.asname or a.name for a in node.names if (a.asname or a.name) == exercise)
         elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             for target in targets:
@@ -148,7 +152,7 @@ def run_notebook(path: Path) -> tuple[dict[str, Any], dict[str, Any], list[CellE
             except SyntaxError as e:
                 errors.append(CellError(path, index, f"SyntaxError: {e.msg} (line {e.lineno})", ()))
                 continue
-            names = _top_level_names(tree)
+            names = _top_level_names(tree, (cell.get("metadata", {}).get("nbgrader") or {}).get("grade_id"))
             before = {n: ns.get(n, _MISSING) for n in names}
             try:
                 exec(compile(tree, filename, "exec"), ns)  # noqa: S102 (that is the point: the student's code)

@@ -61,7 +61,7 @@ def test_course_root_is_found(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 
 
 def test_run_checks_prints_and_raises_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert course.run_checks("q_sample", vars(ddpm_ref)) is None
+    assert course.run_checks("q_sample", ddpm_ref) is None
     assert "✓ q_sample_values" in capsys.readouterr().out
     with pytest.raises(AssertionError) as info:
         course.run_checks("q_sample", {})
@@ -70,7 +70,7 @@ def test_run_checks_prints_and_raises_one_line(capsys: pytest.CaptureFixture[str
     assert str(info.value) == "q_sample: 2 check(s) failed: q_sample_values, q_sample_t0_is_almost_x0"
     assert info.value.__cause__ is None and info.value.__suppress_context__
     with pytest.raises(KeyError, match="no checks registered for exercise 'no_such_exercise'"):
-        course.run_checks("no_such_exercise", vars(ddpm_ref))
+        course.run_checks("no_such_exercise", ddpm_ref)
 
 
 def _images(n: int, c: int = 1, hw: int = 8) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 import ddpm_ref
-from tests.harness import EXERCISES, REGISTRY, check_name, load_all_checks, run_checks
+from tests.harness import EXERCISES, REGISTRY, check_name, load_all_checks, reference_impl, run_checks
 from tests.mistakes import ALTERNATIVES, MISTAKES, Alternative, Mistake, hidden_checks
 
 #: the mistakes the course promises to catch (by record name)
@@ -92,5 +92,5 @@ def test_a_correct_variant_passes(variant: Alternative) -> None:
 
 def test_the_reference_passes_every_check_using_only_its_own_name() -> None:
     for exercise in EXERCISES:
-        results = run_every_check(exercise, {exercise: getattr(ddpm_ref, exercise)})
+        results = run_every_check(exercise, reference_impl(exercise))
         assert all(message is None for message in results.values()), (exercise, {n: m for n, m in results.items() if m})
