@@ -19,6 +19,11 @@ Record format (:class:`Mistake`), kept deliberately plain so that other tools ca
 ``feedback``
     a phrase that must appear in at least one failing check's message: the grader names the mistake.
 
+``CHEATS`` are submissions that try to score without the student's own work: the reference under the exercise's
+name (imported, aliased, wrapped at any depth, subclassed, built inside), or the grader switched off (the runner
+rebound or patched, the assertion helpers replaced). Same record format, but ``source`` is any cell text appended
+after the exercise's solution, and ``breaks`` is every check of the exercise: a cheat loses all of its points.
+
 ``ALTERNATIVES`` lists correct definitions written differently from ``ddpm_ref`` (other code paths, float32
 arithmetic, other attribute names): every check of their exercise must pass. ``tests/test_mistakes.py``
 proves both lists against the registered checks.
@@ -29,7 +34,7 @@ from __future__ import annotations
 import textwrap
 from dataclasses import dataclass
 
-__all__ = ["ALTERNATIVES", "MISTAKES", "Alternative", "Mistake", "by_name", "hidden_checks"]
+__all__ = ["ALTERNATIVES", "CHEATS", "MISTAKES", "Alternative", "Mistake", "by_name", "hidden_checks"]
 
 
 @dataclass(frozen=True)
@@ -817,6 +822,116 @@ ALTERNATIVES: list[Alternative] = [
     ''')),
     Alternative("ddim_step_student", "ddim_step", "the lesson's step", DDIM_STEP),
     Alternative("ddim_sample_student", "ddim_sample", "the lesson's loop", DDIM_SAMPLE),
+]
+
+
+# ------------------------------------------------------------------------------------------------ cheats
+
+#: reaches the repository's tests/ from a notebook, as a student who wants to patch the grader would
+_GRADER_ON_PATH = """
+import sys
+from ddpm_ref.course import course_root
+sys.path.insert(0, str(course_root()))
+"""
+
+
+def _cheat(name: str, exercise: str, description: str, source: str, feedback: str) -> Mistake:
+    from tests.harness import REGISTRY, check_name, load_all_checks
+
+    load_all_checks()
+    return Mistake(name, exercise, tuple(check_name(f) for f in REGISTRY[exercise]), description,
+                   _src(source), feedback)
+
+
+def _stub(signature: str) -> str:
+    return f"def {signature}:\n    # YOUR CODE HERE\n    raise NotImplementedError()\n"
+
+
+_IS_REF = "is the reference"
+_CALLS_REF = "calls the reference"
+_TAMPERED = "replaced part of the grader"
+
+CHEATS: list[Mistake] = [
+    _cheat("cheat_import", "q_sample", "imports the reference as the answer",
+           "from ddpm_ref.diffusion import q_sample", _IS_REF),
+    _cheat("cheat_alias", "predict_x0", "binds the reference to the exercise's name",
+           "import ddpm_ref\npredict_x0 = ddpm_ref.predict_x0", _IS_REF),
+    _cheat("cheat_wrapper", "q_posterior", "a two-line wrapper around the reference",
+           """
+           import ddpm_ref
+
+
+           def q_posterior(x0, x_t, t, schedule):
+               return ddpm_ref.q_posterior(x0, x_t, t, schedule)
+           """, _CALLS_REF),
+    _cheat("cheat_deep_wrapper", "p_sample", "calls the reference through a helper and a module alias",
+           """
+           import ddpm_ref.samplers as helpers
+
+
+           def _one_step(*args, **kwargs):
+               return helpers.p_sample(*args, **kwargs)
+
+
+           def p_sample(model, x_t, t, schedule, *, generator=None, clip_x0=True, variance="posterior"):
+               return _one_step(model, x_t, t, schedule, generator=generator, clip_x0=clip_x0, variance=variance)
+           """, _CALLS_REF),
+    _cheat("cheat_other_entry_point", "sample", "calls the reference's own loop (p_sample_loop) under another name",
+           """
+           from ddpm_ref.samplers import p_sample_loop as loop
+
+
+           def sample(model, schedule, shape, *, generator=None, device=None, return_intermediates=False,
+                      progress=True):
+               x_T = torch.randn(shape, generator=generator)
+               return loop(model, x_T, schedule.T - 1, schedule, generator=generator, progress=progress,
+                           return_intermediates=return_intermediates)
+           """, _CALLS_REF),
+    _cheat("cheat_lambda", "reconstruct", "a lambda around the reference",
+           "import ddpm_ref\nreconstruct = lambda model, x0, t_start, schedule, **kw: ddpm_ref.reconstruct("
+           "model, x0, t_start, schedule, **kw)", _CALLS_REF),
+    _cheat("cheat_default_argument", "ddim_sample", "keeps the reference in a default argument",
+           """
+           import ddpm_ref
+
+
+           def ddim_sample(model, schedule, shape, *, steps=50, eta=0.0, spacing="trailing", generator=None,
+                           device=None, clip_x0=True, progress=True, return_intermediates=False, x_T=None,
+                           _impl=ddpm_ref.ddim_sample):
+               return _impl(model, schedule, shape, steps=steps, eta=eta, spacing=spacing, generator=generator,
+                            device=device, clip_x0=clip_x0, progress=progress,
+                            return_intermediates=return_intermediates, x_T=x_T)
+           """, _CALLS_REF),
+    _cheat("cheat_subclass", "UNet", "subclasses the reference class",
+           "import ddpm_ref\n\n\nclass UNet(ddpm_ref.UNet):\n    pass", "subclasses the reference"),
+    _cheat("cheat_wraps_reference_module", "SelfAttention", "a module that builds the reference module inside",
+           """
+           import ddpm_ref
+
+
+           class SelfAttention(nn.Module):
+               def __init__(self, channels, num_heads=1, *, groups=32):
+                   super().__init__()
+                   self.inner = ddpm_ref.unet.SelfAttention(channels, num_heads, groups=groups)
+
+               def forward(self, x):
+                   return self.inner(x)
+           """, _CALLS_REF),
+    _cheat("cheat_runner_rebound", "linear_beta_schedule", "leaves the stub and rebinds run_checks to do nothing",
+           _stub("linear_beta_schedule(T, beta_start=1e-4, beta_end=2e-2)")
+           + "\n\nrun_checks = lambda *args, **kwargs: None", "NotImplementedError"),
+    _cheat("cheat_runner_patched", "cosine_beta_schedule", "leaves the stub and patches ddpm_ref.course.run_checks",
+           _stub("cosine_beta_schedule(T, s=0.008, max_beta=0.999)")
+           + "\n\nimport ddpm_ref.course\nddpm_ref.course.run_checks = lambda *args, **kwargs: None", _TAMPERED),
+    _cheat("cheat_harness_patched", "SinusoidalTimeEmbedding", "leaves the stub and patches tests.harness.run_checks",
+           "import torch.nn as nn\n\n\nclass SinusoidalTimeEmbedding(nn.Module):\n"
+           "    def __init__(self, dim):\n        super().__init__()\n\n"
+           "    def forward(self, t):\n        raise NotImplementedError()\n" + _GRADER_ON_PATH
+           + "import tests.harness\ntests.harness.run_checks = lambda *args, **kwargs: None", _TAMPERED),
+    _cheat("cheat_asserts_replaced", "ssim", "a wrong answer, with the checks' assertion helpers replaced",
+           "def ssim(x, y):\n    return 0.5\n" + _GRADER_ON_PATH
+           + "import tests._asserts as checks\nfor _name in [n for n in dir(checks) if n.startswith('expect')]:\n"
+           "    setattr(checks, _name, lambda *args, **kwargs: None)", _TAMPERED),
 ]
 
 

@@ -9,10 +9,12 @@ each):
 * ``solution``: the solution notebooks, which must score full marks;
 * ``release``: the unmodified student notebooks, which must score 0 on every autograded cell;
 * ``mistakesK``: the solution notebook with the K-th typical mistake of each exercise of the lesson appended to
-  that exercise's solution cell (``tests/mistakes.py``). Checks are isolated per exercise, so mistakes in
-  different exercises of one notebook cannot interact; every check cell of an exercise with a mistake must score
-  0 exactly when the mistake breaks one of its checks, every other cell keeps its points, and the failing check's
-  output and the feedback page name the mistake;
+  that exercise's solution cell (``tests/mistakes.py``; its cheats count as mistakes that break every check of
+  their exercise: the reference used as the answer, the runner rebound or patched, the assertion helpers
+  replaced). Checks are isolated per exercise, so mistakes in different exercises of one notebook cannot
+  interact; every check cell of an exercise with a mistake must score 0 exactly when the mistake breaks one of
+  its checks, every other cell keeps its points, and the failing check's output and the feedback page name the
+  mistake;
 * ``…_raises``: in lesson 2, the ``predict_x0`` cell raises before defining it; ``…_loops``: in lesson 1, the
   ``linear_beta_schedule`` cell never ends (stopped by the cell timeout). Each rides along with a mistake submission
   that leaves that exercise alone; both are scored (0 for that exercise, the rest kept) without stopping the batch.
@@ -39,7 +41,7 @@ import nbformat
 import pytest
 
 from tests._course import ROOT, SOLUTIONS, load_release
-from tests.mistakes import MISTAKES, Mistake, hidden_checks
+from tests.mistakes import CHEATS, MISTAKES, Mistake, hidden_checks
 
 pytestmark = pytest.mark.slow
 
@@ -110,10 +112,10 @@ class Submission:
 def build_submissions(release_dir: Path) -> list[Submission]:
     subs: list[Submission] = []
     owner = lesson_of_exercise()
-    unknown = sorted({m.exercise for m in MISTAKES} - set(owner))
+    unknown = sorted({m.exercise for m in [*MISTAKES, *CHEATS]} - set(owner))
     assert not unknown, f"tests/mistakes.py has mistakes for exercises no solution notebook has: {unknown}"
     by_lesson: dict[str, dict[str, list[Mistake]]] = defaultdict(lambda: defaultdict(list))
-    for m in MISTAKES:
+    for m in [*MISTAKES, *CHEATS]:  # a cheat is graded like a mistake that breaks every check of its exercise
         by_lesson[owner[m.exercise]][m.exercise].append(m)
     for lesson in LESSONS:
         sol = read_solution(lesson)
@@ -281,7 +283,7 @@ def test_release_scores_zero(graded: Graded, lesson: str) -> None:
     assert not wrong, f"the unmodified release of {lesson} earns points:\n" + "\n".join(wrong)
 
 
-@pytest.mark.parametrize("name", [m.name for m in MISTAKES])
+@pytest.mark.parametrize("name", [m.name for m in [*MISTAKES, *CHEATS]])
 def test_mistake_loses_exactly_its_checks(graded: Graded, name: str) -> None:
     (sub,) = [s for s in graded.submissions if any(m.name == name for m in s.mistakes)]
     (mistake,) = [m for m in sub.mistakes if m.name == name]

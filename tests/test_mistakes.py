@@ -19,7 +19,7 @@ from torch import nn
 
 import ddpm_ref
 from tests.harness import EXERCISES, REGISTRY, check_name, load_all_checks, reference_impl, run_checks
-from tests.mistakes import ALTERNATIVES, MISTAKES, Alternative, Mistake, hidden_checks
+from tests.mistakes import ALTERNATIVES, CHEATS, MISTAKES, Alternative, Mistake, hidden_checks
 
 #: the mistakes the course promises to catch (by record name)
 REQUIRED = {
@@ -94,3 +94,48 @@ def test_the_reference_passes_every_check_using_only_its_own_name() -> None:
     for exercise in EXERCISES:
         results = run_every_check(exercise, reference_impl(exercise))
         assert all(message is None for message in results.values()), (exercise, {n: m for n, m in results.items() if m})
+
+
+@pytest.fixture
+def grader_restored():
+    """Undo what a cheat does to this process: patched ``tests`` modules, ``sys.modules`` entries, ``sys.path``."""
+    import sys
+
+    modules = {k: m for k, m in sys.modules.items() if k == "tests" or k.startswith("tests.")}
+    contents = {k: dict(vars(m)) for k, m in modules.items()}
+    path = list(sys.path)
+    yield
+    for k in [k for k in sys.modules if k == "tests" or k.startswith("tests.")]:
+        del sys.modules[k]
+    sys.modules.update(modules)
+    for k, m in modules.items():
+        vars(m).clear()
+        vars(m).update(contents[k])
+    sys.path[:] = path
+
+
+@pytest.mark.parametrize("cheat", CHEATS, ids=lambda m: m.name)
+def test_a_cheat_scores_nothing(cheat: Mistake, grader_restored, capsys: pytest.CaptureFixture[str]) -> None:
+    """Through the notebooks' own runner, each check cell of the exercise fails and says why; the next cell's
+    checks are the real ones again."""
+    from ddpm_ref import course
+
+    namespace = notebook_namespace(cheat.source)
+    cells = [False, True] if hidden_checks(cheat) else [False]
+    outputs = []
+    for hidden in cells:
+        with pytest.raises(AssertionError):
+            course.run_checks(cheat.exercise, namespace, hidden=hidden)
+        outputs.append(capsys.readouterr().out)
+    # a replaced grader is reported by the first check cell after it (then the real checks run again)
+    assert cheat.feedback in outputs[0], f"{cheat.name}: the check cell does not say {cheat.feedback!r}:\n{outputs}"
+    course.run_checks("q_sample", ddpm_ref)  # the grader works again for the next cell
+    assert "✓ q_sample_values" in capsys.readouterr().out
+
+
+def test_cheats_cover_every_kind() -> None:
+    assert len(CHEATS) >= 8 and len({c.name for c in CHEATS}) == len(CHEATS)
+    assert {c.feedback for c in CHEATS} >= {"is the reference", "calls the reference", "subclasses the reference",
+                                            "replaced part of the grader"}
+    for c in CHEATS:
+        assert set(c.breaks) == {check_name(f) for f in REGISTRY[c.exercise]}, c.name
