@@ -267,3 +267,67 @@ def test_pytest_impl_grades_a_notebook(tmp_path: Path, pytester: pytest.Pytester
     text = result.stdout.str()
     assert "test_predict_x0_values" in text and "the formula is inverted" in text, text
     assert "notebook 02_forward_diffusion.ipynb does not define `q_posterior`" in text, text
+
+
+# ------------------------------------------------------------------------------------------------ integrity
+
+
+def _student(source: str) -> dict:
+    import torch
+
+    ns = {"__name__": "__main__", "torch": torch, "ddpm_ref": ddpm_ref}
+    exec(compile(textwrap.dedent(source), "<student cell>", "exec"), ns)
+    return ns
+
+
+def test_the_reference_is_a_tripwire_only_while_the_student_calls_it() -> None:
+    import functools
+
+    from tests import integrity
+
+    code = ddpm_ref.q_sample.__code__
+    results = run_checks("q_sample", _student("""
+        def q_sample(x0, t, noise, schedule):
+            try:
+                return ddpm_ref.q_sample(x0, t, noise, schedule)
+            except AssertionError:  # swallowing the refusal does not help
+                return x0
+    """), raise_on_failure=False)
+    assert all("calls the reference `ddpm_ref.q_sample`" in m for m in results.values()), results
+    assert ddpm_ref.q_sample.__code__ is code  # put back after the checks
+    refs = integrity.reference_objects("q_sample")
+    assert integrity.is_reference(functools.partial(ddpm_ref.diffusion.q_sample), refs) == "wraps"
+    assert integrity.is_reference(ddpm_ref.q_sample, refs) == "is"
+    assert integrity.is_reference(ddpm_ref.predict_x0, refs) is None
+    # earlier pieces stay allowed, and the reference itself (pytest's default impl) is checked as usual
+    ok = run_checks("sample", _student("""
+        def sample(model, schedule, shape, *, generator=None, device=None, return_intermediates=False,
+                   progress=True):
+            x = torch.randn(shape, generator=generator)
+            for t in reversed(range(schedule.T)):
+                x = ddpm_ref.p_sample(model, x, torch.full((shape[0],), t), schedule, generator=generator)
+            return x
+    """), raise_on_failure=False)
+    assert all(m is None for m in ok.values()), ok
+    assert all(m is None for m in run_checks("q_sample", ddpm_ref, raise_on_failure=False).values())
+
+
+def test_a_replaced_grader_function_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tests._asserts
+    from tests import integrity
+
+    assert integrity.tampering() == []
+    ns = _student("fake = lambda *args, **kwargs: None")
+    monkeypatch.setattr(tests._asserts, "expect_close", ns["fake"])
+    assert integrity.tampering() == ["tests._asserts.expect_close"]
+    results = run_checks("q_sample", {"q_sample": ddpm_ref.q_sample}, raise_on_failure=False)
+    assert all("replaced part of the grader" in m for m in results.values()), results
+
+
+def test_a_failed_check_cell_shows_one_line() -> None:
+    from ddpm_ref import course
+
+    with pytest.raises(course.CheckFailed) as info:
+        course.run_checks("q_sample", {})
+    assert info.value._render_traceback_() == [
+        "\x1b[0;31mCheckFailed\x1b[0m: q_sample: 2 check(s) failed: q_sample_values, q_sample_t0_is_almost_x0"]
