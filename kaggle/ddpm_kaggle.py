@@ -234,24 +234,20 @@ def adopt_previous_run(
                    f"continuing the attached run {run_dir} from step {step} ({len(copied)} files copied)")
 
 
-#: settings that define the model and the diffusion: a checkpoint trained with other values cannot be continued
-MODEL_FIELDS = ("image_size", "channels", "model_channels", "num_res_blocks", "attention", "num_heads",
-                "beta_schedule", "T", "beta_start", "beta_end")
-
-
 def resume_conflicts(checkpoint: Path, config: Any) -> list[str]:
-    """How ``config`` differs from the config stored in ``checkpoint`` in :data:`MODEL_FIELDS` (empty: compatible).
+    """How ``config`` differs from the config stored in ``checkpoint`` in the model and diffusion settings
+    (:data:`ddpm_ref.checkpoint.MODEL_FIELDS`; empty: compatible). A missing file has none.
 
-    Each entry reads ``"beta_schedule: linear in the checkpoint, scaled_linear now"``. A missing file has none.
+    Each entry reads ``"beta_schedule: linear in the checkpoint, scaled_linear now"``.
     """
     import torch
+
+    from ddpm_ref.checkpoint import resume_check
 
     if not Path(checkpoint).is_file():
         return []
     stored = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("config", {})
-    now = config.to_dict()
-    return [f"{k}: {stored[k]} in the checkpoint, {now[k]} now" for k in MODEL_FIELDS
-            if k in stored and stored[k] != now[k]]
+    return resume_check(stored, config).conflicts
 
 
 def cpu_count() -> int:

@@ -163,3 +163,18 @@ def test_time_budget_and_max_steps_stop_cleanly_and_save(tmp_path: Path):
     r = Trainer(cfg, tmp_path / "b", progress=False).fit()
     assert r.stopped == "time_budget" and r.step == 1
     assert (tmp_path / "b" / "checkpoints" / "ckpt_latest.pt").is_file()
+
+
+def test_trainer_applies_the_speed_fields_of_its_config(tmp_path: Path):
+    cfg = get_config("lfw-tiny", model_channels=(8, 16), num_res_blocks=1, batch_size=8, epochs=1, max_steps=2,
+                     preview_every=0, milestone_every=0)
+    plain = Trainer(cfg, tmp_path / "a", progress=False, write_outputs=False)
+    assert plain.perf == ddpm_ref.perf.train_options(cfg, "cpu") and not plain.perf.channels_last
+    fast = Trainer(cfg.replace(channels_last=True, fused_adamw=True), tmp_path / "b", progress=False,
+                   write_outputs=False)
+    conv = next(m for m in fast.net.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    if ddpm_ref.perf.fused_adamw_supported("cpu"):
+        assert fast.optimizer.defaults["fused"]
+    a, b = plain.fit(), fast.fit()  # same init, batches and noise: the same losses up to float32 reordering
+    assert a.step_losses == pytest.approx(b.step_losses, rel=1e-4)
