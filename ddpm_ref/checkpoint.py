@@ -63,7 +63,7 @@ MODEL_FIELDS = ("image_size", "channels", "model_channels", "num_res_blocks", "a
 #: and how often it writes (every other change makes the run no longer one reproducible experiment)
 FREE_FIELDS = frozenset({"name", "epochs", "max_steps", "time_budget_s", "save_every_steps", "milestone_every",
                          "preview_every", "preview_n", "num_workers", "device", "parallel", "channels_last",
-                         "fused_adamw", "cudnn_benchmark", "compile", "threads"})
+                         "fused_adamw", "cudnn_benchmark", "compile", "compile_mode", "threads"})
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,8 @@ class TrainConfig:
     ``parallel``: "auto" (DDP under torchrun, DataParallel when several GPUs are visible), "none", "dp", "ddp".
     Speed (the math is unchanged; see :mod:`ddpm_ref.perf`): ``channels_last``, ``fused_adamw``,
     ``cudnn_benchmark``, ``compile`` — None takes the default that :func:`ddpm_ref.perf.recommended` measured for
-    the run's device (CUDA: the first three on, compile off; CPU: all off); ``threads`` CPU threads (0: leave the
+    the run's device (CUDA: the first three on, compile off; CPU: all off); ``compile_mode`` the torch.compile
+    mode ("" for torch's default); ``threads`` CPU threads (0: leave the
     process's setting). They may change between a run and its resumption.
     """
 
@@ -108,6 +109,7 @@ class TrainConfig:
     fused_adamw: bool | None = None
     cudnn_benchmark: bool | None = None
     compile: bool | None = None
+    compile_mode: str = ""
     threads: int = 0
 
     def __post_init__(self) -> None:

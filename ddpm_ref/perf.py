@@ -188,11 +188,13 @@ def train_options(config: Any, device: torch.device | str) -> PerfOptions:
     """The :class:`PerfOptions` a :class:`~ddpm_ref.config.TrainConfig` asks for on ``device``.
 
     ``config.amp`` as given; each switch of :data:`TRAIN_SWITCHES` that is None takes the value of
-    :func:`recommended` for the device type; ``config.threads`` > 0 sets the CPU threads (0: leave the process's
+    :func:`recommended` for the device type; ``config.compile_mode`` ("" for torch's default) is the
+    ``torch.compile`` mode; ``config.threads`` > 0 sets the CPU threads (0: leave the process's
     setting, which the command line sets with :func:`use_cpu_threads`).
     """
     base = _DEVICE_DEFAULTS.get(torch.device(device).type, _DEVICE_DEFAULTS["cpu"])
-    changes: dict[str, Any] = {"amp": config.amp, "threads": config.threads or None}
+    changes: dict[str, Any] = {"amp": config.amp, "threads": config.threads or None,
+                               "compile_mode": config.compile_mode or None}
     for name in TRAIN_SWITCHES:
         value = getattr(config, name)
         changes[name] = getattr(base, name) if value is None else bool(value)

@@ -348,8 +348,14 @@ class Trainer:
         elif (config.parallel in ("auto", "dp") and self.device.type == "cuda" and torch.cuda.device_count() > 1):
             self.model = nn.DataParallel(net)  # the seed's choice on Kaggle's T4 ×2
         self.amp_dtype = resolve_amp_dtype(self.device, config.amp)  # type: ignore[arg-type]
-        if opts.compile:  # falls back to eager, with a warning, when the compiler fails on this machine
-            self.model = perf.compile_model(self.model, mode=opts.compile_mode).model
+        self.compile_error: str | None = None
+        if opts.compile:  # one trial step now: a compiler that fails here falls back to eager, with the reason
+            shape = (self.batch_per_rank, config.channels, config.image_size, config.image_size)
+            example = (perf.to_device(torch.zeros(shape), self.device, channels_last=opts.channels_last),
+                       torch.zeros(shape[0], dtype=torch.long, device=self.device))
+            res = perf.compile_model(self.model, mode=opts.compile_mode, example=example, backward=True,
+                                     amp_dtype=self.amp_dtype)
+            self.model, self.compile_error = res.model, res.error
         self.optimizer = perf.make_adamw(net.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                          fused=opts.fused_adamw)
         self.total_steps = config.epochs * self.steps_per_epoch
