@@ -28,7 +28,7 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from . import perf
 from .checkpoint import (
@@ -49,15 +49,15 @@ from .checkpoint import (
     resume_check,
 )
 from .config import TrainConfig, build_model, build_schedule
-from .data import ImageFolderDataset, lfw_faces
-from .diffusion import ddpm_loss
+from .data import ImageFolderDataset
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, cleanup_distributed, init_distributed
 from .ema import ema_state, load_ema_state, make_ema, unwrap
 from .perf import resolve_device
 from .precision import autocast, resolve_amp_dtype
 from .progress import progress_bar
 from .samplers import sample
-from .schedule import NoiseSchedule
+from .step import StepStats, train_step, train_step_stats
+from .train_data import ResumableSampler, TrainImages, build_dataset
 
 __all__ = [
     "train_step",
@@ -73,130 +73,6 @@ __all__ = [
 ]
 
 LOSS_COLUMNS = ["epoch", "step", "loss", "lr", "images_per_s", "elapsed_s"]
-
-
-# ------------------------------------------------------------------------------------------------ one step
-
-
-@dataclass(frozen=True)
-class StepStats:
-    """What one optimizer step did: the loss, the gradient norm before clipping, whether it was applied."""
-
-    loss: float
-    grad_norm: float
-    applied: bool
-
-
-def train_step_stats(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    x0: Tensor,
-    schedule: NoiseSchedule,
-    *,
-    generator: torch.Generator | None = None,
-    grad_clip: float = 1.0,
-    scaler: torch.amp.GradScaler | None = None,
-    amp_dtype: torch.dtype | None = None,
-) -> StepStats:
-    """:func:`train_step` that also reports the gradient norm and whether the step was applied."""
-    optimizer.zero_grad(set_to_none=True)
-    with autocast(x0.device, amp_dtype):
-        loss = ddpm_loss(model, x0, schedule, generator=generator)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        applied = bool(torch.isfinite(grad_norm))
-        scaler.step(optimizer)  # skips the update itself when unscale_ found inf/NaN
-        scaler.update()
-    else:
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        applied = bool(torch.isfinite(grad_norm))
-        if applied:
-            optimizer.step()
-    return StepStats(float(loss.item()), float(grad_norm.item()), applied)
-
-
-def train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    x0: Tensor,
-    schedule: NoiseSchedule,
-    *,
-    generator: torch.Generator | None = None,
-    grad_clip: float = 1.0,
-    scaler: torch.amp.GradScaler | None = None,
-    amp_dtype: torch.dtype | None = None,
-) -> float:
-    """One optimizer step on L_simple (Algorithm 1; eq. 14) for a batch x0 [B, C, H, W] in [−1, 1]; returns the loss.
-
-    zero_grad(set_to_none) → ``ddpm_loss`` (t and ε drawn from ``generator``) under autocast when ``amp_dtype``
-    → backward (through ``scaler`` if given) → unscale → ``clip_grad_norm_`` to ``grad_clip`` → the optimizer
-    step, skipped when the gradient norm is not finite (a NaN/inf step is never applied).
-    """
-    return train_step_stats(model, optimizer, x0, schedule, generator=generator, grad_clip=grad_clip,
-                            scaler=scaler, amp_dtype=amp_dtype).loss
-
-
-# ------------------------------------------------------------------------------------------------ data
-
-
-class _Images(Dataset):
-    """Items (image [C, H, W], number of unreadable files skipped to get it), dataset repeated ``repeat`` times."""
-
-    def __init__(self, base: Dataset | Tensor, repeat: int = 1) -> None:
-        self.base = base
-        self.n = len(base)
-        self.repeat = repeat
-
-    def __len__(self) -> int:
-        return self.n * self.repeat
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        i %= self.n
-        if isinstance(self.base, Tensor):
-            return self.base[i], 0
-        if isinstance(self.base, ImageFolderDataset):
-            x, bad = self.base.load(i)
-            return x, len(bad)
-        item = self.base[i]
-        return (item[0] if isinstance(item, (tuple, list)) else item), 0
-
-
-def build_dataset(config: TrainConfig) -> Dataset | Tensor:
-    """The training images of a config: the LFW train split (``data="lfw"``) or an :class:`ImageFolderDataset`.
-
-    Flips are not done here: the trainer flips whole batches with its own seeded generator (exact resume).
-    """
-    if config.data == "lfw":
-        if config.channels != 1:
-            raise ValueError("the LFW faces are grayscale: use channels=1 with data=lfw")
-        return lfw_faces("train", size=config.image_size)
-    if not config.data:
-        raise ValueError(f"preset {config.name!r} needs a data folder: pass --data PATH (a folder of images), "
-                         "e.g. /kaggle/input/celebahq256-images-only/data256x256")
-    return ImageFolderDataset(config.data, config.image_size, channels=config.channels, hflip=False)
-
-
-class _ResumableSampler(DistributedSampler):
-    """DistributedSampler (seeded shuffle per epoch, rank slice) that can start part-way into an epoch."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.start = 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:  # type: ignore[override]
-        super().set_epoch(epoch)
-        self.start = start
-
-    def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
-        return iter(indices[self.start :])
-
-    def __len__(self) -> int:
-        return self.num_samples - self.start
 
 
 # ------------------------------------------------------------------------------------------------ callbacks
@@ -319,12 +195,12 @@ class Trainer:
             if base.ndim != 4 or base.shape[1] != config.channels or base.shape[-1] != config.image_size:
                 raise ValueError(f"dataset tensor must be [N, {config.channels}, {config.image_size}, "
                                  f"{config.image_size}], got {tuple(base.shape)}")
-        self.data = _Images(base, config.dataset_repeat)
+        self.data = TrainImages(base, config.dataset_repeat)
         ws = self.dist.world_size
         if config.batch_size % ws:
             raise ValueError(f"batch_size {config.batch_size} must be divisible by the {ws} processes")
         self.batch_per_rank = config.batch_size // ws
-        self.sampler = _ResumableSampler(self.data, num_replicas=ws, rank=self.dist.rank, shuffle=True,
+        self.sampler = ResumableSampler(self.data, num_replicas=ws, rank=self.dist.rank, shuffle=True,
                                          seed=config.seed, drop_last=True)
         self.steps_per_epoch = self.sampler.num_samples // self.batch_per_rank
         if self.steps_per_epoch < 1:
