@@ -536,17 +536,10 @@ class Trainer:
         cleanup_distributed(self.dist)
 
 
-def train(
-    config: TrainConfig,
-    out_dir: str | Path,
-    *,
-    dataset: Dataset | Tensor | None = None,
-    callbacks: Sequence[Callback] = (),
-    progress: bool = True,
-    resume: bool = True,
-) -> TrainResult:
-    """Build a :class:`Trainer` and run it: ``train(get_config("lfw-tiny"), "runs/lfw-tiny")``."""
-    trainer = Trainer(config, out_dir, dataset=dataset, callbacks=callbacks, progress=progress, resume=resume)
+def train(config: TrainConfig, out_dir: str | Path, **kwargs: Any) -> TrainResult:
+    """Build a :class:`Trainer` (``kwargs``: its keyword arguments) and run it:
+    ``train(get_config("lfw-tiny"), "runs/lfw-tiny")``."""
+    trainer = Trainer(config, out_dir, **kwargs)
     try:
         return trainer.fit()
     finally:

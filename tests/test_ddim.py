@@ -12,26 +12,8 @@ from torch import Tensor
 
 import ddpm_ref as R
 from tests._asserts import Recorder, call, expect_close, expect_tensor, fmt, timesteps_summary
+from tests._fixtures import T, fixed_eps, gen, noise_reaching_schedule, noisy_inputs, seed_schedule
 from tests.harness import check
-
-T = 400
-
-
-def seed_schedule() -> R.NoiseSchedule:
-    return R.NoiseSchedule(R.linear_beta_schedule(T))
-
-
-def noise_reaching_schedule() -> R.NoiseSchedule:
-    return R.NoiseSchedule(R.scaled_linear_beta_schedule(T))
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def fixed_eps(x: Tensor, t: Tensor) -> Tensor:
-    """A deterministic stand-in for ε_θ: 0.8·x_t + 0.05·t/T."""
-    return 0.8 * x + 0.05 * (t.to(x.dtype) / T).reshape(-1, *([1] * (x.ndim - 1)))
 
 
 def ddim_closed_form(s: R.NoiseSchedule, x_t: Tensor, t: int, t_prev: int, *, eta: float = 0.0, clip: bool = True,
@@ -56,9 +38,10 @@ def ddim_closed_form(s: R.NoiseSchedule, x_t: Tensor, t: int, t_prev: int, *, et
     return out
 
 
+
+
 def _inputs(b: int, seed: int, scale: float = 1.0) -> tuple[Tensor, Tensor]:
-    g = gen(seed)
-    return scale * torch.randn(b, 1, 4, 4, generator=g), torch.randn(b, 1, 4, 4, generator=g)
+    return noisy_inputs(b, seed, scale)
 
 
 def _step(impl, x_t, t, t_prev, s, **kwargs) -> Tensor:
