@@ -21,7 +21,12 @@ LOG_INTERVAL_S = 30.0
 
 
 def interactive() -> bool:
-    """Whether someone watches the output live: a terminal, or a notebook that is not a committed Kaggle run."""
+    """Whether someone watches the output live: a terminal, or a notebook that is not a committed Kaggle run.
+
+    ``DDPM_PROGRESS=live`` or ``=log`` decides it outright (e.g. in CI)."""
+    choice = os.environ.get("DDPM_PROGRESS", "").lower()
+    if choice in ("live", "log"):
+        return choice == "live"
     if os.environ.get("KAGGLE_KERNEL_RUN_TYPE", "").lower() == "batch":  # "Save & Run All" / kaggle kernels push
         return False
     if "ipykernel" in sys.modules:

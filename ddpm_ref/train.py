@@ -49,7 +49,7 @@ from .checkpoint import (
     resume_check,
 )
 from .config import TrainConfig, build_model, build_schedule
-from .data import ImageFolderDataset
+from .data import ImageFolderDataset, uint8_to_unit
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, cleanup_distributed, init_distributed
 from .ema import ema_state, load_ema_state, make_ema, unwrap
 from .perf import resolve_device
@@ -399,9 +399,11 @@ class Trainer:
         return reason
 
     def _batch(self, x: Tensor) -> Tensor:
-        """A loader batch on the device as float [B, C, H, W] (channels_last per :attr:`perf`), half of it
+        """A loader batch on the device as float [B, C, H, W] in [−1, 1] (uint8 pixels are mapped there on the
+        device; channels_last per :attr:`perf`), half of it
         flipped left-right by the trainer's own seeded generator (so a resumed run flips the same images)."""
-        x = perf.to_device(x, self.device, channels_last=self.perf.channels_last).float()
+        x = perf.to_device(x, self.device, channels_last=self.perf.channels_last)
+        x = uint8_to_unit(x) if x.dtype == torch.uint8 else x.float()
         if self.config.hflip:
             flip = torch.rand(x.shape[0], generator=self.generator, device=self.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
