@@ -41,3 +41,20 @@ def noisy_inputs(b: int, seed: int, scale: float) -> tuple[Tensor, Tensor]:
     """(x_t = scale·N(0, I), z = N(0, I)), both [b, 1, 4, 4], from one generator seeded ``seed``."""
     g = gen(seed)
     return scale * torch.randn(b, 1, 4, 4, generator=g), torch.randn(b, 1, 4, 4, generator=g)
+
+
+def two_point_oracle(s: R.NoiseSchedule) -> R.GaussianMixtureOracle:
+    """The exact ε* of constant images of −0.5 (weight 0.3) or +0.5 (weight 0.7) under schedule ``s``."""
+    return R.GaussianMixtureOracle(s, [-0.5, 0.5], [0.0, 0.0], [0.3, 0.7])
+
+
+def expect_two_point_mixture(x: Tensor) -> None:
+    """Samples x [N, C, H, W] of :func:`two_point_oracle`: each within 1e-2 of −0.5 or +0.5, and 0.7 ± 0.045 of
+    them +0.5 (about 3 standard errors of a fraction over 1000 samples)."""
+    near = torch.minimum((x + 0.5).abs(), (x - 0.5).abs()).flatten(1).amax(1)
+    frac = float((x.flatten(1).mean(1) > 0).double().mean())
+    if float(near.max()) > 1e-2 or abs(frac - 0.7) > 0.045:
+        raise AssertionError(
+            f"samples should be constant images of −0.5 or +0.5 with weights 0.3 / 0.7; the fraction of +0.5 is "
+            f"{frac:.3f} and the worst sample is {float(near.max()):.3g} away from either"
+        )
