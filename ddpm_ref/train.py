@@ -23,13 +23,11 @@ Example::
 
 from __future__ import annotations
 
-import csv
 import math
 import random
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +56,7 @@ from .progress import progress_bar
 from .samplers import sample
 from .step import StepStats, train_step, train_step_stats
 from .train_data import ResumableSampler, TrainImages, build_dataset
+from .train_log import LOSS_COLUMNS, Callback, TrainResult, append_loss_log, truncate_loss_log
 
 __all__ = [
     "train_step",
@@ -72,41 +71,6 @@ __all__ = [
     "LOSS_COLUMNS",
 ]
 
-LOSS_COLUMNS = ["epoch", "step", "loss", "lr", "images_per_s", "elapsed_s"]
-
-
-# ------------------------------------------------------------------------------------------------ callbacks
-
-
-class Callback:
-    """Hooks called on the main process (rank 0). Subclass and override what you need."""
-
-    def on_train_start(self, trainer: Trainer) -> None: ...
-
-    def on_step_end(self, trainer: Trainer, step: int, stats: StepStats) -> None: ...
-
-    def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None: ...
-
-    def on_preview(self, trainer: Trainer, images: Tensor, path: Path) -> None: ...
-
-    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None: ...
-
-
-@dataclass
-class TrainResult:
-    """Summary of a :meth:`Trainer.fit` call."""
-
-    out_dir: Path
-    step: int
-    epoch: int
-    stopped: str  # "epochs", "max_steps" or "time_budget"
-    final_loss: float  # mean loss of the last up-to-50 steps of this session (nan if none)
-    elapsed_s: float  # this session's wall time
-    total_elapsed_s: float  # over all sessions of the run
-    nonfinite_steps: int
-    skipped_images: int
-    checkpoint: Path
-    step_losses: list[float] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -330,30 +294,13 @@ class Trainer:
                           "noise streams are reseeded (the run continues, not bit-exactly)", stacklevel=2)
         self.resumed_from = Path(ckpt["path"])
         if self.write:
-            self._truncate_csv()
+            truncate_loss_log(self.csv_path, self.step)
 
     # ---------------------------------------------------------------- logging
 
     @property
     def csv_path(self) -> Path:
         return self.out_dir / "losses.csv"
-
-    def _truncate_csv(self) -> None:
-        """Drop CSV rows written after the checkpoint being resumed (a crash between CSV and checkpoint)."""
-        if not self.csv_path.is_file():
-            return
-        with open(self.csv_path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
-        self._write_csv(rows, mode="w")
-
-    def _write_csv(self, rows: list[dict[str, Any]], mode: str = "a") -> None:
-        new = mode == "w" or not self.csv_path.is_file()
-        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.csv_path, mode if not new else "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=LOSS_COLUMNS)
-            if new:
-                w.writeheader()
-            w.writerows(rows)
 
     def _session_elapsed(self) -> float:
         return time.monotonic() - self._t0 if hasattr(self, "_t0") else 0.0
@@ -526,7 +473,7 @@ class Trainer:
         self.epoch_loss_sum = 0.0
         self.epoch_loss_count = 0
         if self.write:
-            self._write_csv([{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}])
+            append_loss_log(self.csv_path, [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}])
         self._write_preview()
         milestone = c.milestone_every > 0 and self.epoch % c.milestone_every == 0
         self.save(milestone=milestone)
