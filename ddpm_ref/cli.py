@@ -164,7 +164,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
         where = f"resuming from {trainer.resumed_from} at step {trainer.step}" if trainer.resumed_from else "new run"
         ddp = f", DDP over {trainer.dist.world_size} processes" if trainer.dist.enabled else ""
         print(f"{config.name}: {where}; {len(trainer.data)} images per epoch, {trainer.steps_per_epoch} steps per "
-              f"epoch, device {trainer.device}{ddp}, AMP {trainer.amp_dtype or 'off'}; outputs in {out}/")
+              f"epoch, device {trainer.device}{ddp}, AMP {trainer.amp_dtype or 'off'}, speed switches "
+              f"{trainer.perf.switches()}; outputs in {out}/")
     try:
         result = trainer.fit()
     except KeyboardInterrupt:

@@ -104,6 +104,11 @@ class PerfOptions:
             parts.append(f"threads={self.threads}")
         return " + ".join(parts) if parts else "fp32 eager"
 
+    def switches(self) -> str:
+        """The switches that are on besides ``amp`` ("none" when none is), e.g. "channels_last + fused_adamw"."""
+        label = self.replace(amp="off").label()
+        return "none" if label == "fp32 eager" else label
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

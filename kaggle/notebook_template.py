@@ -335,7 +335,8 @@ else:
     trainer = Trainer(run_cfg, WORK_DIR, dataset=dataset, callbacks=[kg.NotebookProgress()])
     dp = isinstance(trainer.model, torch.nn.DataParallel)
     where = f"nn.DataParallel over {N_GPUS} GPUs" if dp else str(trainer.device)
-    print(f"training on {where}, AMP {trainer.amp_dtype}, GradScaler {trainer.scaler is not None}")
+    print(f"training on {where}, AMP {trainer.amp_dtype}, GradScaler {trainer.scaler is not None}; speed switches "
+          f"(ddpm_ref.perf, the defaults measured for this device): {trainer.perf.switches()}")
     try:
         with kg.GpuMonitor(interval=15) as monitor:
             result = trainer.fit()

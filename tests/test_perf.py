@@ -270,3 +270,9 @@ def test_resolve_device_lives_below_the_trainer():
     assert perf.resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="device must be"):
         perf.resolve_device("gpu0")
+
+
+def test_switches_name_what_is_on_besides_amp():
+    assert perf.PerfOptions(amp="bf16").switches() == "none"
+    opts = perf.PerfOptions(amp="auto", channels_last=True, fused_adamw=True)
+    assert opts.switches() == "channels_last + fused_adamw"
