@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +44,57 @@ __all__ = [
     "model_from_checkpoint",
     "export_ema",
     "load_pretrained_lfw_tiny",
+    "MODEL_FIELDS",
+    "FREE_FIELDS",
+    "ResumeCheck",
+    "resume_check",
 ]
 
 CKPT_FORMAT = "ddpm_ref.ckpt/1"
 EXPORT_FORMAT = "ddpm_ref.ema/1"
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 LFW_TINY_ASSET = ASSETS_DIR / "lfw_tiny.pt"
+
+
+#: settings that define the model and the diffusion: a checkpoint trained with other values is another model
+MODEL_FIELDS = ("image_size", "channels", "model_channels", "num_res_blocks", "attention", "num_heads",
+                "beta_schedule", "T", "beta_start", "beta_end")
+#: settings that may change between a run and its resumption without a word: how long, where and how fast it runs
+#: and how often it writes (every other change makes the run no longer one reproducible experiment)
+FREE_FIELDS = frozenset({"name", "epochs", "max_steps", "time_budget_s", "save_every_steps", "milestone_every",
+                         "preview_every", "preview_n", "num_workers", "device", "parallel", "channels_last",
+                         "fused_adamw", "cudnn_benchmark", "compile", "compile_mode", "threads"})
+
+
+@dataclass(frozen=True)
+class ResumeCheck:
+    """How a config differs from the one a checkpoint was trained with; each entry reads
+    ``"beta_schedule: linear in the checkpoint, scaled_linear now"``."""
+
+    conflicts: list[str]  # in MODEL_FIELDS: the checkpoint is another model or diffusion
+    changed: list[str]  # other settings outside FREE_FIELDS: resumable, but no longer one experiment
+
+    def __bool__(self) -> bool:
+        return bool(self.conflicts or self.changed)
+
+    @property
+    def keys(self) -> list[str]:
+        return sorted(entry.split(":", 1)[0] for entry in self.conflicts + self.changed)
+
+
+def resume_check(stored: dict[str, Any], config: TrainConfig) -> ResumeCheck:
+    """Compare a checkpoint's ``config`` dict with ``config`` (the one rule of the trainer and the Kaggle notebook).
+
+    A key missing from ``stored`` (a checkpoint written before the field existed) counts as unchanged.
+    """
+    now = config.to_dict()
+
+    def entries(keys: Any) -> list[str]:
+        return [f"{k}: {stored[k]} in the checkpoint, {now[k]} now"
+                for k in keys if k in stored and stored[k] != now[k]]
+
+    return ResumeCheck(entries(MODEL_FIELDS),
+                       entries(k for k in now if k not in FREE_FIELDS and k not in MODEL_FIELDS))
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:

@@ -46,7 +46,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         if f.name == "name":
             continue
-        metavar = "A,B,…" if isinstance(f.default, tuple) else type(f.default).__name__.upper()
+        metavar = "A,B,…" if isinstance(f.default, tuple) else "BOOL|auto" if f.default is None \
+            else type(f.default).__name__.upper()
         g.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg_{f.name}", default=None, metavar=metavar)
 
 
@@ -132,25 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _device(spec: str) -> torch.device:
-    from .train import resolve_device
+    """The device of a command (ddpm_ref.perf.resolve_device); on a CPU, the thread count for the current load."""
+    from .perf import resolve_device, use_cpu_threads
 
-    return resolve_device(spec)
-
-
-def _threads_for_a_busy_machine(announce: bool = False) -> None:
-    """One CPU thread when other processes already keep every core busy (unless OMP_NUM_THREADS says otherwise).
-
-    With more runnable threads than cores, each of torch's parallel regions waits until all its threads get a core,
-    and a 2-thread process can run ten times slower than a 1-thread one.
-    """
-    if "OMP_NUM_THREADS" in os.environ or torch.get_num_threads() == 1 or not hasattr(os, "getloadavg"):
-        return
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if load >= cores:
-        torch.set_num_threads(1)
-        if announce:
-                print(f"note: this machine is busy (load {load:.1f} on {cores} cores), so using 1 CPU thread; "
-                  "set OMP_NUM_THREADS to choose", file=sys.stderr)
+    device = resolve_device(spec)
+    if device.type == "cpu":
+        use_cpu_threads()
+    return device
 
 
 def _run_dir(ckpt: str, out: str | None) -> Path:
@@ -163,18 +152,20 @@ def _run_dir(ckpt: str, out: str | None) -> Path:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
+    from . import perf
     from .train import Trainer
 
     config = _config_from_args(args)
     out = Path(args.out or Path("runs") / config.name)
     trainer = Trainer(config, out, progress=not args.no_progress, resume=not args.fresh)
-    if trainer.device.type == "cpu":
-        _threads_for_a_busy_machine(announce=trainer.is_main)
+    if trainer.device.type == "cpu" and not config.threads:  # before the run itself raises the load
+        perf.use_cpu_threads(log=(lambda msg: print(msg, file=sys.stderr)) if trainer.is_main else None)
     if trainer.is_main:
         where = f"resuming from {trainer.resumed_from} at step {trainer.step}" if trainer.resumed_from else "new run"
         ddp = f", DDP over {trainer.dist.world_size} processes" if trainer.dist.enabled else ""
         print(f"{config.name}: {where}; {len(trainer.data)} images per epoch, {trainer.steps_per_epoch} steps per "
-              f"epoch, device {trainer.device}{ddp}, AMP {trainer.amp_dtype or 'off'}; outputs in {out}/")
+              f"epoch, device {trainer.device}{ddp}, AMP {trainer.amp_dtype or 'off'}, speed switches "
+              f"{trainer.perf.switches()}; outputs in {out}/")
     try:
         result = trainer.fit()
     except KeyboardInterrupt:
@@ -201,8 +192,6 @@ def _cmd_sample(args: argparse.Namespace) -> None:
 
     device = _device(args.device)
     model, schedule, config = model_from_checkpoint(args.ckpt, ema=not args.raw, device=device)
-    if device.type == "cpu":
-        _threads_for_a_busy_machine()
     if args.n < 1:
         raise UsageError("--n must be >= 1")
     out = _run_dir(args.ckpt, args.out)
@@ -233,8 +222,6 @@ def _cmd_reconstruct(args: argparse.Namespace) -> None:
 
     device = _device(args.device)
     model, schedule, config = model_from_checkpoint(args.ckpt, ema=not args.raw, device=device)
-    if device.type == "cpu":
-        _threads_for_a_busy_machine()
     t = args.t_start if args.t_start is not None else int(0.75 * config.T)
     if not 0 <= t < config.T:
         raise UsageError(f"--t-start must be in 0…{config.T - 1} for this model (T={config.T}), got {t}")
@@ -258,8 +245,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     out = _run_dir(args.ckpt, args.out)
     device = _device(args.device)
-    if device.type == "cpu":
-        _threads_for_a_busy_machine()
     res = run_evaluate(args.ckpt, out, t_starts=args.t_start, n=args.n, seed=args.seed, use_ema=not args.raw,
                        data=args.data, fid_samples=args.fid_samples, device=device)
     print(f"{res['protocol']['images']}; {res['protocol']['weights']} weights of step {res['protocol']['step']}")

@@ -55,6 +55,11 @@ class TrainConfig:
     extra ckpt_latest saves (0: only at epoch ends); ``milestone_every`` epochs between ckpt_epoch_XXX.pt;
     ``preview_every`` epochs between EMA preview grids of ``preview_n`` images (0: none).
     ``parallel``: "auto" (DDP under torchrun, DataParallel when several GPUs are visible), "none", "dp", "ddp".
+    Speed (the math is unchanged; see :mod:`ddpm_ref.perf`): ``channels_last``, ``fused_adamw``,
+    ``cudnn_benchmark``, ``compile`` — None takes the default that :func:`ddpm_ref.perf.recommended` measured for
+    the run's device (CUDA: the first three on, compile off; CPU: all off); ``compile_mode`` the torch.compile
+    mode ("" for torch's default); ``threads`` CPU threads (0: leave the
+    process's setting). They may change between a run and its resumption.
     """
 
     name: str = "custom"
@@ -99,6 +104,13 @@ class TrainConfig:
     seed: int = 0
     parallel: str = "auto"
     device: str = "auto"
+    # speed: None = ddpm_ref.perf.recommended(device)
+    channels_last: bool | None = None
+    fused_adamw: bool | None = None
+    cudnn_benchmark: bool | None = None
+    compile: bool | None = None
+    compile_mode: str = ""
+    threads: int = 0
 
     def __post_init__(self) -> None:
         self.model_channels = tuple(int(c) for c in self.model_channels)
@@ -122,6 +134,8 @@ class TrainConfig:
                 f"image_size {self.image_size} must be divisible by {factor} for model_channels "
                 f"{list(self.model_channels)} (one downsample per level)"
             )
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: leave the process's setting), got {self.threads}")
         positive = {"T": self.T, "batch_size": self.batch_size, "dataset_repeat": self.dataset_repeat,
                     "epochs": self.epochs, "num_res_blocks": self.num_res_blocks}
         for key, value in positive.items():
@@ -227,6 +241,10 @@ def parse_value(key: str, text: str) -> Any:
     if key not in hints:
         raise ValueError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(hints))}")
     tp = hints[key]
+    if tp == (bool | None):  # a speed switch: "auto" (or "none") leaves it to ddpm_ref.perf.recommended
+        if text.strip().lower() in ("auto", "none", "default"):
+            return None
+        tp = bool
     try:
         if tp is bool:
             low = text.strip().lower()

@@ -32,6 +32,7 @@ __all__ = [
     "lfw_faces",
     "lfw_split_indices",
     "ImageFolderDataset",
+    "uint8_to_unit",
     "find_images",
     "synthetic_faces",
     "to_uint8_image",
@@ -101,6 +102,11 @@ def find_images(root: str | Path) -> list[Path]:
     return files
 
 
+def uint8_to_unit(x: Tensor) -> Tensor:
+    """Pixels 0…255 (uint8, any shape, any device) → float32 in [−1, 1]: x/255·2 − 1."""
+    return x.float().div_(255.0).mul_(2.0).sub_(1.0)
+
+
 class ImageFolderDataset(Dataset):
     """Images of a folder tree as tensors [C, size, size] in [−1, 1] (C = ``channels``: 3 RGB, 1 grayscale).
 
@@ -133,23 +139,26 @@ class ImageFolderDataset(Dataset):
         mode = "RGB" if self.channels == 3 else "grayscale"
         return f"ImageFolderDataset({str(self.root)!r}, {len(self)} images, {self.size}px {mode}, hflip={self.hflip})"
 
-    def _read(self, path: Path) -> Tensor:
+    def _read(self, path: Path, uint8: bool = False) -> Tensor:
         with Image.open(path) as im:
             im = im.convert("RGB" if self.channels == 3 else "L")
             arr = np.asarray(im, dtype=np.uint8).copy()
         x = torch.from_numpy(arr)
         x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)  # [C, H, W] uint8
-        x = self._resize(x).float().div_(255.0)
-        return x.mul_(2.0).sub_(1.0)
+        x = self._resize(x)  # uint8 in, uint8 out
+        return x if uint8 else uint8_to_unit(x)
 
-    def load(self, index: int) -> tuple[Tensor, list[Path]]:
-        """Image ``index`` (or the next readable one) [C, size, size] and the unreadable paths passed over."""
+    def load(self, index: int, *, uint8: bool = False) -> tuple[Tensor, list[Path]]:
+        """Image ``index`` (or the next readable one) [C, size, size] and the unreadable paths passed over.
+
+        ``uint8=True`` returns the resized pixels as uint8 (a quarter of the bytes a data-loader worker hands over
+        through shared memory); :func:`uint8_to_unit` turns them into exactly the [−1, 1] floats of the default."""
         bad: list[Path] = []
         n = len(self.files)
         for k in range(n):
             path = self.files[(index + k) % n]
             try:
-                x = self._read(path)
+                x = self._read(path, uint8)
             except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
                 if path not in self.skipped:
                     warnings.warn(f"skipping unreadable image {path}: {type(e).__name__}: {e}", stacklevel=2)

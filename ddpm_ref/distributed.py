@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -35,6 +36,23 @@ class DistInfo:
         return self.rank == 0
 
 
+#: seconds a process waits at a collective before the run fails with an error instead of hanging: longer than
+#: any pause of rank 0 alone (EMA previews, checkpoints); ``DDPM_DIST_TIMEOUT_S`` overrides it
+DEFAULT_TIMEOUT_S = 1800.0
+
+
+def collective_timeout_s() -> float:
+    """The process-group timeout: ``DDPM_DIST_TIMEOUT_S`` seconds, else :data:`DEFAULT_TIMEOUT_S`."""
+    text = os.environ.get("DDPM_DIST_TIMEOUT_S", "")
+    try:
+        value = float(text) if text else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise ValueError(f"DDPM_DIST_TIMEOUT_S must be a number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"DDPM_DIST_TIMEOUT_S must be > 0, got {value}")
+    return value
+
+
 def init_distributed(backend: str | None = None) -> DistInfo:
     """Join the process group described by torchrun's environment, or return a single-process DistInfo."""
     if dist.is_available() and dist.is_initialized():
@@ -50,7 +68,7 @@ def init_distributed(backend: str | None = None) -> DistInfo:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=collective_timeout_s()))
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, True)
 
 

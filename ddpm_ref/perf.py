@@ -4,7 +4,7 @@ None of them changes the math of Ho et al. (2020): they change how the same U-Ne
 (Algorithm 2) run. :class:`PerfOptions` names them; :data:`BASELINE` is the plain fp32 eager run:
 
 - ``amp`` — autocast dtype via :func:`ddpm_ref.precision.resolve_amp_dtype` ("auto": bf16 on GPUs of compute
-  capability ≥ 8, fp16 + GradScaler below; "bf16" on a CPU must be asked for).
+  capability ≥ 8, fp16 + GradScaler below; on a CPU :func:`cpu_amp`: bf16 where it is computed in hardware).
 - ``channels_last`` — NHWC tensors for the convolutions (model weights and input batch).
 - ``fused_adamw`` — one fused AdamW kernel over all parameters instead of torch's default (multi-tensor
   ``foreach`` updates on CUDA, a loop over the tensors on the CPU).
@@ -12,7 +12,8 @@ None of them changes the math of Ho et al. (2020): they change how the same U-Ne
 - ``compile`` — ``torch.compile`` with a clean fallback to eager when the compiler is missing or fails.
 - ``threads`` — CPU intra-op threads (None: torch's default, one per physical core).
 
-Use in a training loop::
+:class:`ddpm_ref.train.Trainer` applies them: each is a field of :class:`~ddpm_ref.config.TrainConfig` whose
+default (None) is :func:`recommended` for the run's device (:func:`train_options`). Use in a loop of your own::
 
     opts = perf.recommended(device)
     perf.configure(opts, device)
@@ -21,7 +22,8 @@ Use in a training loop::
     x0 = perf.to_device(batch, device, channels_last=opts.channels_last)  # non-blocking from pinned memory
 
 and for sampling ``sample(perf.SamplingModel.build(ema_model, opts), …)`` under ``torch.inference_mode()``.
-On a CPU, call :func:`cpu_threads` before the work starts (it reads the load average, which the run itself raises).
+On a CPU, call :func:`use_cpu_threads` before the work starts (it reads the load average, which the run itself
+raises). :func:`resolve_device` turns a device spec ("auto", "cpu", "cuda:1") into a ``torch.device``.
 """
 
 from __future__ import annotations
@@ -37,13 +39,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .compiling import CompileResult, compile_model
 from .precision import AmpMode, autocast, needs_grad_scaler, resolve_amp_dtype
 
 __all__ = [
     "PerfOptions",
     "BASELINE",
-    "CPU_DEMO",
     "recommended",
+    "train_options",
+    "resolve_device",
+    "use_cpu_threads",
     "available_cores",
     "default_threads",
     "cpu_threads",
@@ -98,6 +103,11 @@ class PerfOptions:
         if self.threads is not None:
             parts.append(f"threads={self.threads}")
         return " + ".join(parts) if parts else "fp32 eager"
+
+    def switches(self) -> str:
+        """The switches that are on besides ``amp`` ("none" when none is), e.g. "channels_last + fused_adamw"."""
+        label = self.replace(amp="off").label()
+        return "none" if label == "fp32 eager" else label
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -154,22 +164,76 @@ def cpu_amp() -> str:
     return "bf16" if cpu_has_native_bf16() else "off"
 
 
-#: the CPU switches that won on the 2-core benchmark machine (see BENCHMARKS.md): bf16 autocast (×1.7 on lfw-tiny,
-#: ×1.8 on the 256 px seed model, on a CPU with bf16 in hardware). channels_last lost (×0.31 and ×0.87), fused AdamW
-#: was within noise on lfw-tiny, and torch.compile took 275 s to compile for no gain (×0.95).
-CPU_DEMO = PerfOptions(amp="bf16")
-
-
 def recommended(device: torch.device | str) -> PerfOptions:
-    """The settings to train with on ``device``.
+    """The settings to train with on ``device``: what :mod:`ddpm_ref.bench` measured to win there (BENCHMARKS.md).
 
-    CUDA: AMP per :mod:`ddpm_ref.precision`, channels_last, fused AdamW, cuDNN autotuning (compile stays an
-    opt-in: it costs a minute or two of compilation up front). CPU: bf16 autocast where the CPU has bf16 in
-    hardware (:func:`cpu_has_native_bf16`, else fp32) and :func:`cpu_threads` threads for the current load.
+    CUDA: AMP per :mod:`ddpm_ref.precision`, channels_last, fused AdamW, cuDNN autotuning; compile stays off (it
+    costs a minute or two of compilation up front and has not yet been measured to win on the target GPUs).
+    CPU: autocast "auto" (bf16 where the CPU computes bf16 in hardware, :func:`cpu_amp`, else fp32) and
+    :func:`cpu_threads` threads for the current load. On the 2-core benchmark machine channels_last lost
+    (×0.31 on lfw-tiny, ×0.87 on the 256 px seed model), fused AdamW was within noise and torch.compile took
+    275 s to compile for no gain (×0.95), so all three stay off on a CPU.
     """
     if torch.device(device).type == "cuda":
-        return PerfOptions(amp="auto", channels_last=True, fused_adamw=True, cudnn_benchmark=True)
-    return CPU_DEMO.replace(amp=cpu_amp(), threads=cpu_threads())
+        return _DEVICE_DEFAULTS["cuda"]
+    return _DEVICE_DEFAULTS["cpu"].replace(threads=cpu_threads())
+
+
+#: :func:`recommended` per device type, less the CPU's load-dependent thread count
+_DEVICE_DEFAULTS = {
+    "cuda": PerfOptions(amp="auto", channels_last=True, fused_adamw=True, cudnn_benchmark=True),
+    "cpu": PerfOptions(amp="auto"),
+}
+
+
+#: the TrainConfig fields that are speed switches: None there means "the default of :func:`recommended`"
+TRAIN_SWITCHES = ("channels_last", "fused_adamw", "cudnn_benchmark", "compile")
+
+
+def train_options(config: Any, device: torch.device | str) -> PerfOptions:
+    """The :class:`PerfOptions` a :class:`~ddpm_ref.config.TrainConfig` asks for on ``device``.
+
+    ``config.amp`` as given; each switch of :data:`TRAIN_SWITCHES` that is None takes the value of
+    :func:`recommended` for the device type; ``config.compile_mode`` ("" for torch's default) is the
+    ``torch.compile`` mode; ``config.threads`` > 0 sets the CPU threads (0: leave the process's
+    setting, which the command line sets with :func:`use_cpu_threads`).
+    """
+    base = _DEVICE_DEFAULTS.get(torch.device(device).type, _DEVICE_DEFAULTS["cpu"])
+    changes: dict[str, Any] = {"amp": config.amp, "threads": config.threads or None,
+                               "compile_mode": config.compile_mode or None}
+    for name in TRAIN_SWITCHES:
+        value = getattr(config, name)
+        changes[name] = getattr(base, name) if value is None else bool(value)
+    return base.replace(**changes)
+
+
+def use_cpu_threads(log: Any = None) -> int:
+    """Set torch's CPU threads to :func:`cpu_threads` (the one thread policy of the command line, demo and
+    lessons) and return the count; ``log`` (e.g. ``print``) hears about it when that is fewer than the default."""
+    n = cpu_threads()
+    if n != torch.get_num_threads():
+        torch.set_num_threads(n)
+    if log is not None and n < _DEFAULT_THREADS:
+        try:
+            load = f"load {os.getloadavg()[0]:.1f}"
+        except (OSError, AttributeError):
+            load = "a busy machine"
+        log(f"note: other processes keep the CPU busy ({load} on {available_cores()} cores): using {n} CPU "
+            "thread(s); set OMP_NUM_THREADS to choose")
+    return n
+
+
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    """"auto" → cuda:local_rank when CUDA is available, else cpu; anything else is passed to torch.device."""
+    if spec == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device is cuda but no CUDA GPU is visible: use --device cpu (or auto)")
+    return device
 
 
 def configure(opts: PerfOptions, device: torch.device | str) -> None:
@@ -249,62 +313,6 @@ def make_grad_scaler(device: torch.device | str, amp_dtype: torch.dtype | None) 
 
 
 # ------------------------------------------------------------------------------------------------ model
-
-
-@dataclass
-class CompileResult:
-    """What :func:`compile_model` returned: the module to call, and why it is eager if compiling failed."""
-
-    model: nn.Module
-    compiled: bool
-    error: str | None = None
-
-
-def compile_model(
-    model: nn.Module,
-    *,
-    mode: str | None = None,
-    example: Sequence[Tensor] | None = None,
-    backward: bool = False,
-    amp_dtype: torch.dtype | None = None,
-    backend: str | Any = "inductor",
-) -> CompileResult:
-    """``torch.compile(model)`` with a clean fallback: any failure returns the eager model and the reason.
-
-    Compilation is lazy, so with ``example`` (e.g. ``(x [B, C, H, W], t [B])``) one trial call runs now (under
-    autocast ``amp_dtype``; with a backward pass of the output's sum when ``backward``; gradients are then
-    cleared) and a compiler error surfaces here instead of in the first training step. The compiled module
-    shares its parameters with ``model``; :func:`ddpm_ref.ema.unwrap` returns the bare model.
-    """
-    try:
-        compiled = torch.compile(model, mode=mode, backend=backend, dynamic=False)
-        if example is not None:
-            device = example[0].device
-            with autocast(device, amp_dtype):
-                out = compiled(*example)
-            if backward:
-                out.float().sum().backward()
-                model.zero_grad(set_to_none=True)
-        return CompileResult(compiled, True)
-    except Exception as e:  # no compiler, unsupported GPU, a graph break that errors: run eager
-        model.zero_grad(set_to_none=True)
-        torch._dynamo.reset()
-        reason = _reason(e)
-        warnings.warn(f"torch.compile failed, running eager instead ({reason})", stacklevel=2)
-        return CompileResult(model, False, reason)
-
-
-def _reason(e: BaseException) -> str:
-    """One line naming the exception and its root cause (the compiler's own error, not dynamo's wrapper)."""
-    root = e
-    for _ in range(10):  # dynamo keeps the backend's error in inner_exception, others chain it as __cause__
-        inner = getattr(root, "inner_exception", None) or root.__cause__
-        if not isinstance(inner, BaseException) or inner is root:
-            break
-        root = inner
-    first = next((ln.strip() for ln in str(root).splitlines() if ln.strip()), "")
-    where = f"{type(e).__name__} ← " if root is not e else ""
-    return f"{where}{type(root).__name__}: {first}"[:300]
 
 
 def prepare_model(

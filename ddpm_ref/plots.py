@@ -149,12 +149,7 @@ def plot_losses(csv_path: str | Path, png_path: str | Path, *, title: str = "tra
     lines = ax.get_lines() + ax2.get_lines()
     ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="upper right")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
-    return png_path
+    return _save_figure(fig, png_path)
 
 
 def plot_eval(csv_path: str | Path, png_path: str | Path, *, title: str = "reconstruction quality") -> Path:
@@ -172,10 +167,14 @@ def plot_eval(csv_path: str | Path, png_path: str | Path, *, title: str = "recon
                  fmt="s--", color="tab:red", capsize=3, label="SSIM")
     ax2.set_ylabel("SSIM", color="tab:red")
     ax.set_title(title, fontsize=10)
+    return _save_figure(fig, png_path)
+
+
+def _save_figure(fig: matplotlib.figure.Figure, png_path: str | Path) -> Path:
+    """Lay out, write at 110 dpi (creating the folder) and close a figure; returns the path."""
     fig.tight_layout()
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
     return png_path
-

@@ -2,7 +2,8 @@
 
 GPUs of compute capability ≥ 8 (Ampere and later) run bf16 natively: bf16 autocast, no scaler.
 Older GPUs (the T4 is 7.5) report bf16 as supported but emulate it slowly: fp16 autocast with a GradScaler.
-On the CPU autocast is off unless asked for (``amp="bf16"``).
+On the CPU "auto" means bf16 autocast where the CPU computes bf16 in hardware (AVX512-BF16 or AMX) and fp32
+elsewhere, where bf16 is emulated and slower: :func:`ddpm_ref.perf.cpu_amp`, the one rule for CPU precision.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def resolve_amp_dtype(device: torch.device | str, amp: AmpMode = "auto") -> torc
     if device.type == "cuda":
         major, _ = torch.cuda.get_device_capability(device)
         return torch.bfloat16 if major >= 8 else torch.float16
+    if device.type == "cpu":
+        from .perf import cpu_amp  # the CPU rule lives with the other measured speed policies
+
+        return torch.bfloat16 if cpu_amp() == "bf16" else None
     return None
 
 

@@ -13,9 +13,9 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .diffusion import predict_eps, predict_x0, q_posterior, q_sample, randn
+from .progress import progress_bar
 from .schedule import NoiseSchedule, as_timesteps
 
 __all__ = [
@@ -99,7 +99,7 @@ def p_sample_loop(
     keep = _steps_to_keep(t_start, intermediate_steps) if return_intermediates else set()
     frames: dict[int, Tensor] = {}
     x = x_t
-    for t in tqdm(range(t_start, -1, -1), desc="DDPM sampling", disable=not progress, leave=False):
+    for t in progress_bar(range(t_start, -1, -1), desc="DDPM sampling", disable=not progress, leave=False):
         if t in keep:
             frames[t] = x.detach().cpu()
         x = p_sample(model, x, t, schedule, generator=generator, clip_x0=clip_x0, variance=variance)
@@ -223,7 +223,7 @@ def ddim_sample(
     ts = ddim_timesteps(schedule.T, steps, spacing)
     frames: dict[int, Tensor] = {}
     x = x_T.to(device)
-    for i, t in enumerate(tqdm(ts, desc="DDIM sampling", disable=not progress, leave=False)):
+    for i, t in enumerate(progress_bar(ts, desc="DDIM sampling", disable=not progress, leave=False)):
         if return_intermediates:
             frames[t] = x.detach().cpu()
         t_prev = ts[i + 1] if i + 1 < len(ts) else -1

@@ -4,7 +4,8 @@ Two levels, both callable from a notebook:
 
 - :func:`train_step` — one optimizer step on L_simple (eq. 14). The lesson asks students to write the same function.
 - :class:`Trainer` / :func:`train` — the whole run for a :class:`~ddpm_ref.config.TrainConfig`: data, model, EMA,
-  AdamW + cosine LR, AMP policy of :mod:`ddpm_ref.precision`, DataParallel or DDP, atomic checkpoints with exact
+  AdamW + cosine LR, AMP policy of :mod:`ddpm_ref.precision`, the speed switches of :mod:`ddpm_ref.perf`
+  (config fields, defaults per device), DataParallel or DDP, atomic checkpoints with exact
   resume, ``losses.csv`` + loss/LR plot and per-epoch EMA previews with fixed noise. Stops cleanly (and saves) at
   ``max_steps`` or after ``time_budget_s``; resumes from ``out_dir/checkpoints/ckpt_latest.pt`` automatically.
 
@@ -22,31 +23,40 @@ Example::
 
 from __future__ import annotations
 
-import csv
 import math
 import random
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import CKPT_FORMAT, atomic_save, capture_rng_state, load_checkpoint, load_weights, restore_rng_state
+from . import perf
+from .checkpoint import (
+    CKPT_FORMAT,
+    atomic_save,
+    capture_rng_state,
+    load_checkpoint,
+    load_weights,
+    restore_rng_state,
+    resume_check,
+)
 from .config import TrainConfig, build_model, build_schedule
-from .data import ImageFolderDataset, lfw_faces
-from .diffusion import ddpm_loss
+from .data import ImageFolderDataset, uint8_to_unit
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, cleanup_distributed, init_distributed
 from .ema import ema_state, load_ema_state, make_ema, unwrap
-from .precision import autocast, needs_grad_scaler, resolve_amp_dtype
+from .perf import resolve_device
+from .precision import autocast, resolve_amp_dtype
+from .progress import progress_bar
 from .samplers import sample
-from .schedule import NoiseSchedule
+from .step import StepStats, train_step, train_step_stats
+from .train_data import ResumableSampler, TrainImages, build_dataset
+from .train_log import LOSS_COLUMNS, Callback, TrainResult, append_loss_log, truncate_loss_log
 
 __all__ = [
     "train_step",
@@ -57,185 +67,10 @@ __all__ = [
     "Trainer",
     "train",
     "build_dataset",
-    "resolve_device",
+    "resolve_device",  # lives in ddpm_ref.perf; kept importable from here
     "LOSS_COLUMNS",
 ]
 
-LOSS_COLUMNS = ["epoch", "step", "loss", "lr", "images_per_s", "elapsed_s"]
-# fields that may change between a run and its resumption without a warning
-_LENGTH_FIELDS = {"name", "epochs", "max_steps", "time_budget_s", "save_every_steps", "milestone_every",
-                  "preview_every", "preview_n", "num_workers", "device", "parallel"}
-
-
-# ------------------------------------------------------------------------------------------------ one step
-
-
-@dataclass(frozen=True)
-class StepStats:
-    """What one optimizer step did: the loss, the gradient norm before clipping, whether it was applied."""
-
-    loss: float
-    grad_norm: float
-    applied: bool
-
-
-def train_step_stats(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    x0: Tensor,
-    schedule: NoiseSchedule,
-    *,
-    generator: torch.Generator | None = None,
-    grad_clip: float = 1.0,
-    scaler: torch.amp.GradScaler | None = None,
-    amp_dtype: torch.dtype | None = None,
-) -> StepStats:
-    """:func:`train_step` that also reports the gradient norm and whether the step was applied."""
-    optimizer.zero_grad(set_to_none=True)
-    with autocast(x0.device, amp_dtype):
-        loss = ddpm_loss(model, x0, schedule, generator=generator)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        applied = bool(torch.isfinite(grad_norm))
-        scaler.step(optimizer)  # skips the update itself when unscale_ found inf/NaN
-        scaler.update()
-    else:
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        applied = bool(torch.isfinite(grad_norm))
-        if applied:
-            optimizer.step()
-    return StepStats(float(loss.item()), float(grad_norm.item()), applied)
-
-
-def train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    x0: Tensor,
-    schedule: NoiseSchedule,
-    *,
-    generator: torch.Generator | None = None,
-    grad_clip: float = 1.0,
-    scaler: torch.amp.GradScaler | None = None,
-    amp_dtype: torch.dtype | None = None,
-) -> float:
-    """One optimizer step on L_simple (Algorithm 1; eq. 14) for a batch x0 [B, C, H, W] in [−1, 1]; returns the loss.
-
-    zero_grad(set_to_none) → ``ddpm_loss`` (t and ε drawn from ``generator``) under autocast when ``amp_dtype``
-    → backward (through ``scaler`` if given) → unscale → ``clip_grad_norm_`` to ``grad_clip`` → the optimizer
-    step, skipped when the gradient norm is not finite (a NaN/inf step is never applied).
-    """
-    return train_step_stats(model, optimizer, x0, schedule, generator=generator, grad_clip=grad_clip,
-                            scaler=scaler, amp_dtype=amp_dtype).loss
-
-
-# ------------------------------------------------------------------------------------------------ data
-
-
-class _Images(Dataset):
-    """Items (image [C, H, W], number of unreadable files skipped to get it), dataset repeated ``repeat`` times."""
-
-    def __init__(self, base: Dataset | Tensor, repeat: int = 1) -> None:
-        self.base = base
-        self.n = len(base)
-        self.repeat = repeat
-
-    def __len__(self) -> int:
-        return self.n * self.repeat
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        i %= self.n
-        if isinstance(self.base, Tensor):
-            return self.base[i], 0
-        if isinstance(self.base, ImageFolderDataset):
-            x, bad = self.base.load(i)
-            return x, len(bad)
-        item = self.base[i]
-        return (item[0] if isinstance(item, (tuple, list)) else item), 0
-
-
-def build_dataset(config: TrainConfig) -> Dataset | Tensor:
-    """The training images of a config: the LFW train split (``data="lfw"``) or an :class:`ImageFolderDataset`.
-
-    Flips are not done here: the trainer flips whole batches with its own seeded generator (exact resume).
-    """
-    if config.data == "lfw":
-        if config.channels != 1:
-            raise ValueError("the LFW faces are grayscale: use channels=1 with data=lfw")
-        return lfw_faces("train", size=config.image_size)
-    if not config.data:
-        raise ValueError(f"preset {config.name!r} needs a data folder: pass --data PATH (a folder of images), "
-                         "e.g. /kaggle/input/celebahq256-images-only/data256x256")
-    return ImageFolderDataset(config.data, config.image_size, channels=config.channels, hflip=False)
-
-
-class _ResumableSampler(DistributedSampler):
-    """DistributedSampler (seeded shuffle per epoch, rank slice) that can start part-way into an epoch."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.start = 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:  # type: ignore[override]
-        super().set_epoch(epoch)
-        self.start = start
-
-    def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
-        return iter(indices[self.start :])
-
-    def __len__(self) -> int:
-        return self.num_samples - self.start
-
-
-def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    """"auto" → cuda:local_rank when CUDA is available, else cpu; anything else is passed to torch.device."""
-    if spec == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device is cuda but no CUDA GPU is visible: use --device cpu (or auto)")
-    return device
-
-
-# ------------------------------------------------------------------------------------------------ callbacks
-
-
-class Callback:
-    """Hooks called on the main process (rank 0). Subclass and override what you need."""
-
-    def on_train_start(self, trainer: Trainer) -> None: ...
-
-    def on_step_end(self, trainer: Trainer, step: int, stats: StepStats) -> None: ...
-
-    def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None: ...
-
-    def on_preview(self, trainer: Trainer, images: Tensor, path: Path) -> None: ...
-
-    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None: ...
-
-
-@dataclass
-class TrainResult:
-    """Summary of a :meth:`Trainer.fit` call."""
-
-    out_dir: Path
-    step: int
-    epoch: int
-    stopped: str  # "epochs", "max_steps" or "time_budget"
-    final_loss: float  # mean loss of the last up-to-50 steps of this session (nan if none)
-    elapsed_s: float  # this session's wall time
-    total_elapsed_s: float  # over all sessions of the run
-    nonfinite_steps: int
-    skipped_images: int
-    checkpoint: Path
-    step_losses: list[float] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -253,7 +88,10 @@ class Trainer:
         write_outputs: False runs without writing anything (no checkpoints, CSV or previews).
 
     Attributes during and after the run: ``model`` (possibly wrapped), ``ema`` (``ema.module`` is the EMA U-Net),
-    ``optimizer``, ``lr_scheduler``, ``scaler``, ``schedule``, ``step``, ``epoch``, ``steps_per_epoch``, ``dist``.
+    ``optimizer``, ``lr_scheduler``, ``scaler``, ``schedule``, ``step``, ``epoch``, ``steps_per_epoch``, ``dist``,
+    ``perf`` (the :class:`~ddpm_ref.perf.PerfOptions` applied: the config's speed fields, defaults per device).
+
+    :meth:`fit` is a short loop: :meth:`run_epoch` until a stop reason, each calling :meth:`run_step` per batch.
     """
 
     def __init__(
@@ -280,50 +118,16 @@ class Trainer:
         self.progress = progress and self.is_main
         self.write = write_outputs and self.is_main
         self.device = resolve_device(config.device, self.dist.local_rank)
+        self.perf = perf.train_options(config, self.device)  # the speed switches, defaults per device
+        perf.configure(self.perf, self.device)
 
         # seeds: the model's initialisation and every draw below depend on config.seed only
         torch.manual_seed(config.seed)
         np.random.seed(config.seed % 2**32)
         random.seed(config.seed)
 
-        # data
-        base = build_dataset(config) if dataset is None else dataset
-        if isinstance(base, ImageFolderDataset):
-            base.hflip = False  # the trainer flips whole batches itself, from its own seeded generator
-        if isinstance(base, Tensor):
-            if base.ndim != 4 or base.shape[1] != config.channels or base.shape[-1] != config.image_size:
-                raise ValueError(f"dataset tensor must be [N, {config.channels}, {config.image_size}, "
-                                 f"{config.image_size}], got {tuple(base.shape)}")
-        self.data = _Images(base, config.dataset_repeat)
-        ws = self.dist.world_size
-        if config.batch_size % ws:
-            raise ValueError(f"batch_size {config.batch_size} must be divisible by the {ws} processes")
-        self.batch_per_rank = config.batch_size // ws
-        self.sampler = _ResumableSampler(self.data, num_replicas=ws, rank=self.dist.rank, shuffle=True,
-                                         seed=config.seed, drop_last=True)
-        self.steps_per_epoch = self.sampler.num_samples // self.batch_per_rank
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"{len(self.data)} images are fewer than one batch of {config.batch_size}: lower "
-                             "batch_size or raise dataset_repeat")
-        self.loader = DataLoader(self.data, batch_size=self.batch_per_rank, sampler=self.sampler, drop_last=True,
-                                 num_workers=config.num_workers, pin_memory=self.device.type == "cuda",
-                                 persistent_workers=False)
-
-        # model, EMA, optimisation
-        self.schedule = build_schedule(config).to(self.device)
-        net = build_model(config).to(self.device)
-        self.ema = make_ema(net, config.ema_decay)
-        self.model: nn.Module = net
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = nn.parallel.DistributedDataParallel(net, device_ids=ids)
-        elif (config.parallel in ("auto", "dp") and self.device.type == "cuda" and torch.cuda.device_count() > 1):
-            self.model = nn.DataParallel(net)  # the seed's choice on Kaggle's T4 ×2
-        self.optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.total_steps = config.epochs * self.steps_per_epoch
-        self.lr_scheduler = self._make_lr_scheduler()
-        self.amp_dtype = resolve_amp_dtype(self.device, config.amp)  # type: ignore[arg-type]
-        self.scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(self.device, self.amp_dtype) else None
+        self._build_data(dataset)
+        self._build_model()
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 104_729 * self.dist.rank)
         self.preview_noise = torch.randn(config.preview_n, config.channels, config.image_size, config.image_size,
                                          generator=torch.Generator().manual_seed(config.seed + 1))
@@ -337,12 +141,66 @@ class Trainer:
         self.nonfinite_steps = 0
         self.skipped_images = 0
         self.elapsed_before = 0.0
+        self.session_losses: list[float] = []  # the loss of every step of this session
         self.resumed_from: Path | None = None
         latest = self.ckpt_dir / "ckpt_latest.pt"
         if resume and latest.is_file():
             self.load(latest)
 
     # ---------------------------------------------------------------- setup helpers
+
+    def _build_data(self, dataset: Dataset | Tensor | None) -> None:
+        """The images (repeated ``dataset_repeat`` times), the resumable sampler and the loader."""
+        config = self.config
+        base = build_dataset(config) if dataset is None else dataset
+        if isinstance(base, ImageFolderDataset):
+            base.hflip = False  # the trainer flips whole batches itself, from its own seeded generator
+        if isinstance(base, Tensor):
+            if base.ndim != 4 or base.shape[1] != config.channels or base.shape[-1] != config.image_size:
+                raise ValueError(f"dataset tensor must be [N, {config.channels}, {config.image_size}, "
+                                 f"{config.image_size}], got {tuple(base.shape)}")
+        self.data = TrainImages(base, config.dataset_repeat)
+        ws = self.dist.world_size
+        if config.batch_size % ws:
+            raise ValueError(f"batch_size {config.batch_size} must be divisible by the {ws} processes")
+        self.batch_per_rank = config.batch_size // ws
+        self.sampler = ResumableSampler(self.data, num_replicas=ws, rank=self.dist.rank, shuffle=True,
+                                         seed=config.seed, drop_last=True)
+        self.steps_per_epoch = self.sampler.num_samples // self.batch_per_rank
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{len(self.data)} images are fewer than one batch of {config.batch_size}: lower "
+                             "batch_size or raise dataset_repeat")
+        self.loader = DataLoader(self.data, batch_size=self.batch_per_rank, sampler=self.sampler, drop_last=True,
+                                 **perf.loader_kwargs(self.device, config.num_workers))
+
+    def _build_model(self) -> None:
+        """Schedule, U-Net (channels_last, compile per :attr:`perf`), EMA, wrapper, AdamW, LR schedule, scaler."""
+        config, opts = self.config, self.perf
+        self.schedule = build_schedule(config).to(self.device)
+        net = build_model(config).to(self.device)
+        if opts.channels_last:
+            net.to(memory_format=torch.channels_last)
+        self.ema = make_ema(net, config.ema_decay)
+        self.model: nn.Module = net
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        elif (config.parallel in ("auto", "dp") and self.device.type == "cuda" and torch.cuda.device_count() > 1):
+            self.model = nn.DataParallel(net)  # the seed's choice on Kaggle's T4 ×2
+        self.amp_dtype = resolve_amp_dtype(self.device, config.amp)  # type: ignore[arg-type]
+        self.compile_error: str | None = None
+        if opts.compile:  # one trial step now: a compiler that fails here falls back to eager, with the reason
+            shape = (self.batch_per_rank, config.channels, config.image_size, config.image_size)
+            example = (perf.to_device(torch.zeros(shape), self.device, channels_last=opts.channels_last),
+                       torch.zeros(shape[0], dtype=torch.long, device=self.device))
+            res = perf.compile_model(self.model, mode=opts.compile_mode, example=example, backward=True,
+                                     amp_dtype=self.amp_dtype)
+            self.model, self.compile_error = res.model, res.error
+        self.optimizer = perf.make_adamw(net.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                         fused=opts.fused_adamw)
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.lr_scheduler = self._make_lr_scheduler()
+        self.scaler = perf.make_grad_scaler(self.device, self.amp_dtype)
 
     def _make_lr_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
         c = self.config
@@ -408,12 +266,10 @@ class Trainer:
         ckpt = load_checkpoint(path, map_location="cpu")
         if ckpt.get("format") != CKPT_FORMAT:
             raise ValueError(f"{str(path)!r} is an exported model, not a training checkpoint: cannot resume from it")
-        old = dict(ckpt["config"])
-        new = self.config.to_dict()
-        changed = sorted(k for k in new if k not in _LENGTH_FIELDS and old.get(k) != new[k])
+        check = resume_check(dict(ckpt["config"]), self.config)
         load_weights(self.net, ckpt["model"], source=f"{str(path)!r}")
-        if changed and self.is_main:
-            warnings.warn(f"resuming {path} with changed settings {changed}: the run is no longer one "
+        if check and self.is_main:
+            warnings.warn(f"resuming {path} with changed settings {check.keys}: the run is no longer one "
                           "reproducible experiment", stacklevel=2)
         load_ema_state(self.ema, ckpt["ema"], int(ckpt["ema_n_averaged"]))
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -438,30 +294,13 @@ class Trainer:
                           "noise streams are reseeded (the run continues, not bit-exactly)", stacklevel=2)
         self.resumed_from = Path(ckpt["path"])
         if self.write:
-            self._truncate_csv()
+            truncate_loss_log(self.csv_path, self.step)
 
     # ---------------------------------------------------------------- logging
 
     @property
     def csv_path(self) -> Path:
         return self.out_dir / "losses.csv"
-
-    def _truncate_csv(self) -> None:
-        """Drop CSV rows written after the checkpoint being resumed (a crash between CSV and checkpoint)."""
-        if not self.csv_path.is_file():
-            return
-        with open(self.csv_path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
-        self._write_csv(rows, mode="w")
-
-    def _write_csv(self, rows: list[dict[str, Any]], mode: str = "a") -> None:
-        new = mode == "w" or not self.csv_path.is_file()
-        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.csv_path, mode if not new else "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=LOSS_COLUMNS)
-            if new:
-                w.writeheader()
-            w.writerows(rows)
 
     def _session_elapsed(self) -> float:
         return time.monotonic() - self._t0 if hasattr(self, "_t0") else 0.0
@@ -507,7 +346,11 @@ class Trainer:
         return reason
 
     def _batch(self, x: Tensor) -> Tensor:
-        x = x.to(self.device, non_blocking=True).float()
+        """A loader batch on the device as float [B, C, H, W] in [−1, 1] (uint8 pixels are mapped there on the
+        device; channels_last per :attr:`perf`), half of it
+        flipped left-right by the trainer's own seeded generator (so a resumed run flips the same images)."""
+        x = perf.to_device(x, self.device, channels_last=self.perf.channels_last)
+        x = uint8_to_unit(x) if x.dtype == torch.uint8 else x.float()
         if self.config.hflip:
             flip = torch.rand(x.shape[0], generator=self.generator, device=self.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -515,6 +358,14 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         """Train until ``epochs`` are done, ``max_steps`` is reached or ``time_budget_s`` runs out; then save."""
+        self._begin()
+        stopped = self._stop_reason_at_start()
+        while stopped is None:
+            stopped = self.run_epoch()
+        return self._finish(stopped)
+
+    def _begin(self) -> None:
+        """Start a session: config.json (and a new losses.csv for a new run), callbacks, the epochs bar."""
         c = self.config
         self._t0 = time.monotonic()
         if self.write:
@@ -525,72 +376,87 @@ class Trainer:
         for cb in self.callbacks if self.is_main else ():
             cb.on_train_start(self)
         self.model.train()
-        session_losses: list[float] = []
-        stopped = None  # the time budget is checked after each step: a session always makes progress
-        if c.max_steps > 0 and self.step >= c.max_steps:
-            stopped = "max_steps"
-        elif self.epoch >= c.epochs:
-            stopped = "epochs"
-        epochs_bar = tqdm(total=c.epochs, initial=self.epoch, desc="epochs", disable=not self.progress,
-                          dynamic_ncols=True)
-        while stopped is None:
-            self.sampler.set_epoch(self.epoch, start=self.epoch_step * self.batch_per_rank)
-            epoch_t0 = time.monotonic()
-            epoch_images = 0
-            steps_bar = tqdm(total=self.steps_per_epoch, initial=self.epoch_step, desc=f"epoch {self.epoch + 1}",
-                             leave=False, disable=not self.progress, dynamic_ncols=True)
-            for x, n_bad in self.loader:
-                stats = train_step_stats(self.model, self.optimizer, self._batch(x), self.schedule,
-                                         generator=self.generator, grad_clip=c.grad_clip, scaler=self.scaler,
-                                         amp_dtype=self.amp_dtype)
-                if stats.applied:
-                    self.ema.update_parameters(self.net)
-                self.lr_scheduler.step()
-                self.step += 1
-                self.epoch_step += 1
-                epoch_images += x.shape[0] * self.dist.world_size
-                self.skipped_images += int(n_bad.sum())
-                session_losses.append(stats.loss)
-                if math.isfinite(stats.loss):
-                    self.epoch_loss_sum += stats.loss
-                    self.epoch_loss_count += 1
-                if not (stats.applied and math.isfinite(stats.loss)):
-                    self.nonfinite_steps += 1
-                    if self.is_main and (self.scaler is None or self.nonfinite_steps > 20):
-                        warnings.warn(f"step {self.step}: non-finite loss {stats.loss} or gradient norm "
-                                      f"{stats.grad_norm}: update skipped ({self.nonfinite_steps} so far)",
-                                      stacklevel=2)
-                steps_bar.update(1)
-                if self.progress and self.step % 10 == 0:
-                    steps_bar.set_postfix(loss=f"{stats.loss:.4f}", lr=f"{self.lr:.2e}")
-                for cb in self.callbacks if self.is_main else ():
-                    cb.on_step_end(self, self.step, stats)
-                if c.save_every_steps > 0 and self.step % c.save_every_steps == 0 \
-                        and self.epoch_step < self.steps_per_epoch:
-                    self.save()
-                stopped = self._stop_reason()
-                if stopped is not None:
-                    break
-            steps_bar.close()
-            if self.epoch_step >= self.steps_per_epoch:
-                self._end_epoch(epoch_images, time.monotonic() - epoch_t0)
-                epochs_bar.update(1)
-                if self.epoch >= c.epochs:
-                    stopped = stopped or "epochs"
-            else:
-                self.save()  # stopped part-way: the next session continues this epoch
-        epochs_bar.close()
+        self.session_losses = []
+        self._epochs_bar = progress_bar(total=c.epochs, initial=self.epoch, desc="epochs",
+                                        disable=not self.progress, dynamic_ncols=True)
+
+    def _stop_reason_at_start(self) -> str | None:
+        """A resumed run that is already done stops before any step; otherwise the time budget is checked
+        after each step, so a session always makes progress."""
+        if self.config.max_steps > 0 and self.step >= self.config.max_steps:
+            return "max_steps"
+        return "epochs" if self.epoch >= self.config.epochs else None
+
+    def run_epoch(self) -> str | None:
+        """The rest of the current epoch, step by step. A completed epoch is ended (CSV row, preview,
+        checkpoint); one stopped part-way is saved where it stopped. Returns why training stops, or None."""
+        self.sampler.set_epoch(self.epoch, start=self.epoch_step * self.batch_per_rank)
+        t0, images, stopped = time.monotonic(), 0, None
+        bar = progress_bar(total=self.steps_per_epoch, initial=self.epoch_step, desc=f"epoch {self.epoch + 1}",
+                           leave=False, disable=not self.progress, dynamic_ncols=True)
+        for x, n_bad in self.loader:
+            stats = self.run_step(x, skipped=int(n_bad.sum()))
+            images += x.shape[0] * self.dist.world_size
+            self._after_step(stats, bar)
+            stopped = self._stop_reason()
+            if stopped is not None:
+                break
+        bar.close()
+        if self.epoch_step < self.steps_per_epoch:
+            self.save()  # stopped part-way: the next session continues this epoch
+            return stopped
+        self._end_epoch(images, time.monotonic() - t0)
+        self._epochs_bar.update(1)
+        return stopped or ("epochs" if self.epoch >= self.config.epochs else None)
+
+    def run_step(self, x: Tensor, skipped: int = 0) -> StepStats:
+        """One optimizer step on a loader batch x [B, C, H, W] (Algorithm 1): flip, L_simple step (AMP, clip,
+        skip if non-finite), EMA update, LR schedule, counters. ``skipped``: unreadable images behind the batch."""
+        c = self.config
+        stats = train_step_stats(self.model, self.optimizer, self._batch(x), self.schedule, generator=self.generator,
+                                 grad_clip=c.grad_clip, scaler=self.scaler, amp_dtype=self.amp_dtype)
+        if stats.applied:
+            self.ema.update_parameters(self.net)
+        self.lr_scheduler.step()
+        self.step += 1
+        self.epoch_step += 1
+        self.skipped_images += skipped
+        self.session_losses.append(stats.loss)
+        if math.isfinite(stats.loss):
+            self.epoch_loss_sum += stats.loss
+            self.epoch_loss_count += 1
+        if not (stats.applied and math.isfinite(stats.loss)):
+            self.nonfinite_steps += 1
+            if self.is_main and (self.scaler is None or self.nonfinite_steps > 20):
+                warnings.warn(f"step {self.step}: non-finite loss {stats.loss} or gradient norm {stats.grad_norm}: "
+                              f"update skipped ({self.nonfinite_steps} so far)", stacklevel=2)
+        return stats
+
+    def _after_step(self, stats: StepStats, bar: Any) -> None:
+        """Progress bar, step callbacks and the periodic mid-epoch checkpoint."""
+        bar.update(1)
+        if self.progress and self.step % 10 == 0:
+            bar.set_postfix(loss=f"{stats.loss:.4f}", lr=f"{self.lr:.2e}")
+        for cb in self.callbacks if self.is_main else ():
+            cb.on_step_end(self, self.step, stats)
+        every = self.config.save_every_steps
+        if every > 0 and self.step % every == 0 and self.epoch_step < self.steps_per_epoch:
+            self.save()
+
+    def _finish(self, stopped: str) -> TrainResult:
+        """End the session: close the bar, plot the losses, report (the checkpoint is already written)."""
+        self._epochs_bar.close()
         if self.write and self.csv_path.is_file():
             from .plots import plot_losses
 
-            plot_losses(self.csv_path, self.out_dir / "loss.png", title=f"{c.name}: loss and learning rate")
-        tail = [v for v in session_losses[-50:] if math.isfinite(v)]
+            plot_losses(self.csv_path, self.out_dir / "loss.png", title=f"{self.config.name}: loss and learning rate")
+        tail = [v for v in self.session_losses[-50:] if math.isfinite(v)]
         result = TrainResult(
             out_dir=self.out_dir, step=self.step, epoch=self.epoch, stopped=stopped,
             final_loss=float(np.mean(tail)) if tail else float("nan"),
             elapsed_s=self._session_elapsed(), total_elapsed_s=self.elapsed_before + self._session_elapsed(),
             nonfinite_steps=self.nonfinite_steps, skipped_images=self.skipped_images,
-            checkpoint=self.ckpt_dir / "ckpt_latest.pt", step_losses=session_losses,
+            checkpoint=self.ckpt_dir / "ckpt_latest.pt", step_losses=self.session_losses,
         )
         for cb in self.callbacks if self.is_main else ():
             cb.on_train_end(self, result)
@@ -607,7 +473,7 @@ class Trainer:
         self.epoch_loss_sum = 0.0
         self.epoch_loss_count = 0
         if self.write:
-            self._write_csv([{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}])
+            append_loss_log(self.csv_path, [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}])
         self._write_preview()
         milestone = c.milestone_every > 0 and self.epoch % c.milestone_every == 0
         self.save(milestone=milestone)
@@ -619,17 +485,10 @@ class Trainer:
         cleanup_distributed(self.dist)
 
 
-def train(
-    config: TrainConfig,
-    out_dir: str | Path,
-    *,
-    dataset: Dataset | Tensor | None = None,
-    callbacks: Sequence[Callback] = (),
-    progress: bool = True,
-    resume: bool = True,
-) -> TrainResult:
-    """Build a :class:`Trainer` and run it: ``train(get_config("lfw-tiny"), "runs/lfw-tiny")``."""
-    trainer = Trainer(config, out_dir, dataset=dataset, callbacks=callbacks, progress=progress, resume=resume)
+def train(config: TrainConfig, out_dir: str | Path, **kwargs: Any) -> TrainResult:
+    """Build a :class:`Trainer` (``kwargs``: its keyword arguments) and run it:
+    ``train(get_config("lfw-tiny"), "runs/lfw-tiny")``."""
+    trainer = Trainer(config, out_dir, **kwargs)
     try:
         return trainer.fit()
     finally:

@@ -51,8 +51,9 @@ print(f"outputs go to {WORK_DIR}")
 # ## 1 · Environment and GPU detection
 #
 # The T4 (compute capability 7.5) has fast fp16 tensor cores but no native bf16, so training uses fp16 autocast
-# with a `GradScaler` (`ddpm_ref.precision` picks bf16 without a scaler on compute capability ≥ 8, and full fp32
-# on a CPU).
+# with a `GradScaler` (`ddpm_ref.precision` picks bf16 without a scaler on compute capability ≥ 8). The cell stops
+# with a message when the GPU is one this PyTorch has no kernels for (a P100 is what a pushed kernel gets when its
+# accelerator is not set), and warns when the session has one GPU instead of two.
 
 # %%
 import platform
@@ -74,6 +75,11 @@ for i in range(N_GPUS):
           f"{props.total_memory / 2**30:.1f} GiB")
 if N_GPUS == 0:
     print("  no GPU visible: on Kaggle choose Settings → Accelerator → GPU T4 ×2")
+gpu_errors, gpu_warnings = kg.gpu_problems()
+for warning in gpu_warnings:
+    print(f"  warning: {warning}")
+if gpu_errors:
+    raise RuntimeError("; ".join(gpu_errors))
 scaler_note = " + GradScaler" if needs_grad_scaler(DEVICE, AMP_DTYPE) else ""
 print(f"mixed precision: {AMP_DTYPE or 'off (fp32)'}{scaler_note}")
 
@@ -131,6 +137,13 @@ settings = {
     **CONFIG_OVERRIDES,
 }
 cfg = get_config(PRESET, **settings)
+# loader workers hand over uint8 images through /dev/shm: keep what they hold in the space there is
+workers, shm_note = kg.fit_workers_to_shared_memory(
+    cfg.num_workers, cfg.batch_size * cfg.channels * cfg.image_size**2,
+    processes=DDP_PROCESSES if PARALLEL == "ddp" else 1)
+if shm_note:
+    print(f"note: {shm_note}")
+    cfg = cfg.replace(num_workers=workers)
 if not 0 <= T_START < cfg.T or not all(0 <= t < cfg.T for t in T_STARTS):
     raise ValueError(f"T_START={T_START} and T_STARTS={T_STARTS} must lie in [0, {cfg.T - 1}] (0-based timesteps)")
 if DEVICE.type == "cpu" and cfg.image_size > 64:
@@ -149,7 +162,9 @@ for key, value in cfg.to_dict().items():
 # Every image is resized (shorter side to 256, antialiased), center-cropped and scaled to [−1, 1], the range the
 # forward process assumes. Random horizontal flips are applied by the trainer on whole batches with its own
 # seeded generator, so a resumed run sees exactly the batches an uninterrupted one would. The loader uses
-# `num_workers` processes, sized to the CPUs of the session (Kaggle's GPU sessions have 4).
+# `num_workers` processes, sized to the CPUs of the session (Kaggle's GPU sessions have 4) and to the free space in
+# `/dev/shm` (section 2). The workers hand the trainer uint8 pixels, a quarter of the shared memory of float32, and
+# the trainer maps them to [−1, 1] on the GPU (`ddpm_ref.data.uint8_to_unit`, the same numbers as below).
 
 # %%
 from torch.utils.data import DataLoader
@@ -306,7 +321,10 @@ run_cfg = cfg.replace(time_budget_s=budget_s)
 if PARALLEL == "ddp":
     config_path = WORK_DIR / "ddp_config.json"
     run_cfg.save_json(config_path)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC_DIR), os.environ.get("PYTHONPATH", "")])}
+    env, nccl_note = kg.ddp_environment(N_GPUS)
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC_DIR), os.environ.get("PYTHONPATH", "")])
+    if nccl_note:
+        print(f"note: {nccl_note}")
     cmd = kg.torchrun_command(DDP_PROCESSES, ["train", "--config", str(config_path), "--out", str(WORK_DIR),
                                               "--no-progress"])
     print("launching:", " ".join(cmd))
@@ -317,7 +335,8 @@ else:
     trainer = Trainer(run_cfg, WORK_DIR, dataset=dataset, callbacks=[kg.NotebookProgress()])
     dp = isinstance(trainer.model, torch.nn.DataParallel)
     where = f"nn.DataParallel over {N_GPUS} GPUs" if dp else str(trainer.device)
-    print(f"training on {where}, AMP {trainer.amp_dtype}, GradScaler {trainer.scaler is not None}")
+    print(f"training on {where}, AMP {trainer.amp_dtype}, GradScaler {trainer.scaler is not None}; speed switches "
+          f"(ddpm_ref.perf, the defaults measured for this device): {trainer.perf.switches()}")
     try:
         with kg.GpuMonitor(interval=15) as monitor:
             result = trainer.fit()

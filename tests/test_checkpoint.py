@@ -183,3 +183,17 @@ def test_shipped_lfw_tiny_checkpoint_is_small_and_denoises_held_out_faces():
                          generator=torch.Generator().manual_seed(0)).item()
     # predicting ε = 0 scores E‖ε‖² ≈ 1; a trained model is far better on faces it never saw
     assert loss < 0.25 * zero, (loss, zero)
+
+
+def test_resume_rule_sorts_changes_into_free_changed_and_conflicting():
+    from ddpm_ref.checkpoint import FREE_FIELDS, MODEL_FIELDS, resume_check
+
+    seed = get_config("seed-celebahq256")
+    stored = seed.to_dict()
+    assert not resume_check(stored, seed.replace(epochs=40, num_workers=3, channels_last=True, threads=2))
+    check = resume_check(stored, get_config("celebahq256-fixed").replace(lr=1e-4))
+    assert check.conflicts == ["beta_schedule: linear in the checkpoint, scaled_linear now"]
+    assert check.changed == ["lr: 0.0002 in the checkpoint, 0.0001 now"] and check.keys == ["beta_schedule", "lr"]
+    old = {k: v for k, v in stored.items() if k != "compile"}  # written before the field existed
+    assert not resume_check(old, seed)
+    assert not set(MODEL_FIELDS) & FREE_FIELDS and set(MODEL_FIELDS) <= set(stored)

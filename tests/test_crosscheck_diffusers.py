@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 import ddpm_ref as R
+from tests._fixtures import fixed_eps, gen
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -28,15 +29,6 @@ def ddpm_scheduler(**kwargs) -> diffusers.DDPMScheduler:
 def ddim_scheduler(spacing: str) -> diffusers.DDIMScheduler:
     return diffusers.DDIMScheduler(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
                                    clip_sample=True, set_alpha_to_one=True, steps_offset=0, timestep_spacing=spacing)
-
-
-def fixed_eps(x: Tensor, t: Tensor) -> Tensor:
-    """A deterministic stand-in for ε_θ whose x̂0 leaves [−1, 1] for some pixels (so clipping matters)."""
-    return 0.8 * x + 0.05 * (torch.as_tensor(t).to(x.dtype) / T).reshape(-1, *([1] * (x.ndim - 1)))
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def close(a: Tensor, b: Tensor, atol: float = 1e-5, rtol: float = 1e-5) -> None:

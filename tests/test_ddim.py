@@ -12,26 +12,17 @@ from torch import Tensor
 
 import ddpm_ref as R
 from tests._asserts import Recorder, call, expect_close, expect_tensor, fmt, timesteps_summary
+from tests._fixtures import (
+    T,
+    expect_two_point_mixture,
+    fixed_eps,
+    gen,
+    noise_reaching_schedule,
+    noisy_inputs,
+    seed_schedule,
+    two_point_oracle,
+)
 from tests.harness import check
-
-T = 400
-
-
-def seed_schedule() -> R.NoiseSchedule:
-    return R.NoiseSchedule(R.linear_beta_schedule(T))
-
-
-def noise_reaching_schedule() -> R.NoiseSchedule:
-    return R.NoiseSchedule(R.scaled_linear_beta_schedule(T))
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def fixed_eps(x: Tensor, t: Tensor) -> Tensor:
-    """A deterministic stand-in for ε_θ: 0.8·x_t + 0.05·t/T."""
-    return 0.8 * x + 0.05 * (t.to(x.dtype) / T).reshape(-1, *([1] * (x.ndim - 1)))
 
 
 def ddim_closed_form(s: R.NoiseSchedule, x_t: Tensor, t: int, t_prev: int, *, eta: float = 0.0, clip: bool = True,
@@ -56,9 +47,10 @@ def ddim_closed_form(s: R.NoiseSchedule, x_t: Tensor, t: int, t_prev: int, *, et
     return out
 
 
+
+
 def _inputs(b: int, seed: int, scale: float = 1.0) -> tuple[Tensor, Tensor]:
-    g = gen(seed)
-    return scale * torch.randn(b, 1, 4, 4, generator=g), torch.randn(b, 1, 4, 4, generator=g)
+    return noisy_inputs(b, seed, scale)
 
 
 def _step(impl, x_t, t, t_prev, s, **kwargs) -> Tensor:
@@ -254,15 +246,8 @@ def test_ddim_sample_gaussian_data(impl) -> None:
 def test_ddim_sample_two_point_mixture(impl) -> None:
     """Data = constant images −0.5 (0.3) / +0.5 (0.7), 50 steps: 0.7 ± 0.045 of 1000 samples are +0.5."""
     s = noise_reaching_schedule()
-    oracle = R.GaussianMixtureOracle(s, [-0.5, 0.5], [0.0, 0.0], [0.3, 0.7])
-    x = _sample(impl, oracle, s, (1000, 1, 4, 4), steps=50, generator=gen(4))
-    near = torch.minimum((x + 0.5).abs(), (x - 0.5).abs()).flatten(1).amax(1)
-    frac = float((x.flatten(1).mean(1) > 0).double().mean())
-    if float(near.max()) > 1e-2 or abs(frac - 0.7) > 0.045:
-        raise AssertionError(
-            f"samples should be constant images of −0.5 or +0.5 with weights 0.3 / 0.7; the fraction of +0.5 is "
-            f"{frac:.3f} and the worst sample is {float(near.max()):.3g} away from either"
-        )
+    x = _sample(impl, two_point_oracle(s), s, (1000, 1, 4, 4), steps=50, generator=gen(4))
+    expect_two_point_mixture(x)
 
 
 # ---------------------------------------------------------------------------------------- reference facts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ def _free_port() -> int:
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     # the environment torchrun would set; the Trainer joins the group itself (init_distributed)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+                      LOCAL_RANK=str(rank), DDPM_DIST_TIMEOUT_S="120")
     torch.set_num_threads(1)
     from ddpm_ref.train import Trainer
 
@@ -68,3 +69,33 @@ def test_two_process_ddp_on_cpu_stays_in_sync_and_learns(tmp_path: Path):
     assert not any(k.startswith("module.") for k in ckpt["model"])
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["ckpt_latest.pt"]
     assert not any(p.name.startswith(".") for p in (tmp_path / "checkpoints").iterdir())
+
+
+def test_collective_timeout_comes_from_the_environment(monkeypatch):
+    import pytest
+
+    from ddpm_ref.distributed import DEFAULT_TIMEOUT_S, collective_timeout_s
+
+    monkeypatch.delenv("DDPM_DIST_TIMEOUT_S", raising=False)
+    assert collective_timeout_s() == DEFAULT_TIMEOUT_S >= 600  # longer than any pause of rank 0 alone
+    monkeypatch.setenv("DDPM_DIST_TIMEOUT_S", "90")
+    assert collective_timeout_s() == 90.0
+    for bad in ("soon", "0"):
+        monkeypatch.setenv("DDPM_DIST_TIMEOUT_S", bad)
+        with pytest.raises(ValueError, match="DDPM_DIST_TIMEOUT_S"):
+            collective_timeout_s()
+
+
+def test_the_process_group_is_joined_with_that_timeout(monkeypatch):
+    import ddpm_ref.distributed as D
+
+    seen = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("DDPM_DIST_TIMEOUT_S", "75")
+    monkeypatch.setattr(D.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(D.dist, "init_process_group", lambda **kw: seen.update(kw))
+    monkeypatch.setattr(D.dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(D.dist, "get_world_size", lambda: 2)
+    info = D.init_distributed(backend="gloo")
+    assert info.enabled and seen == {"backend": "gloo", "timeout": timedelta(seconds=75)}

@@ -10,15 +10,8 @@ import torch
 
 import ddpm_ref as R
 from tests._asserts import diagnose, expect_close, expect_tensor, fmt
+from tests._fixtures import MIXED_T, T, seed_schedule
 from tests.harness import check
-
-T = 400
-MIXED_T = torch.tensor([0, 1, 57, 200, 398, 399])  # one timestep per sample, both ends included
-
-
-def seed_schedule() -> R.NoiseSchedule:
-    """The seed run's schedule: T = 400, linear β from 1e-4 to 0.02."""
-    return R.NoiseSchedule(R.linear_beta_schedule(T))
 
 
 def images(b: int, seed: int, shape: tuple[int, ...] = (3, 8, 8), dtype: torch.dtype = torch.float32):

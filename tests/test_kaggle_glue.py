@@ -279,3 +279,69 @@ def test_resume_conflicts_name_the_changed_model_settings(kg: ModuleType, tmp_pa
     assert kg.resume_conflicts(path, seed.replace(epochs=40, time_budget_s=60.0, num_workers=3)) == []
     fixed = get_config("celebahq256-fixed")
     assert kg.resume_conflicts(path, fixed) == ["beta_schedule: linear in the checkpoint, scaled_linear now"]
+
+
+# ------------------------------------------------------------------------------------------------ robustness
+
+
+def test_capability_check_follows_cuda_binary_compatibility(kg: ModuleType) -> None:
+    arch = ["sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "compute_90"]
+    assert not kg.capability_supported((6, 0), arch)  # the P100 Kaggle hands out by default
+    assert kg.capability_supported((7, 5), arch) and kg.capability_supported((8, 9), arch)  # sm_86 cubin runs on 8.9
+    assert kg.capability_supported((10, 0), arch)  # PTX compute_90 is compiled for newer GPUs
+    assert not kg.capability_supported((10, 0), arch[:-1])
+    assert not kg.capability_supported((7, 0), ["sm_75"])  # a cubin needs the same major and no higher minor
+
+
+def test_gpu_problems_stop_on_an_unsupported_gpu_and_warn_on_one(kg: ModuleType,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_70", "sm_75", "sm_80"])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Tesla P100-PCIE-16GB")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (6, 0))
+    errors, warns = kg.gpu_problems()
+    assert len(errors) == 1 and "Tesla P100" in errors[0] and "6.0" in errors[0] and "NvidiaTeslaT4" in errors[0]
+    assert len(warns) == 1 and "one GPU instead of two" in warns[0]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (7, 5))
+    assert kg.gpu_problems() == ([], [])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert kg.gpu_problems() == ([], [])
+
+
+def test_loader_workers_fit_in_shared_memory(kg: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    batch = 16 * 3 * 256 * 256  # uint8 bytes of one batch of the seed run: 3 MiB
+    usage = SimpleNamespace(total=64 * 2**20, used=0, free=64 * 2**20)  # Docker's default /dev/shm
+    monkeypatch.setattr(kg.shutil, "disk_usage", lambda path: usage)
+    workers, note = kg.fit_workers_to_shared_memory(3, batch)
+    assert workers == 3 and note == ""  # 3 workers × 4 batches × 3 MiB = 36 MiB of 64
+    workers, note = kg.fit_workers_to_shared_memory(3, batch * 4)  # the same batches as float32 would not fit
+    assert workers == 1 and "using 1 loader workers" in note and "64 MiB free" in note
+    workers, note = kg.fit_workers_to_shared_memory(2, batch * 8, processes=2)
+    assert workers == 0 and "no loader workers" in note
+
+    def missing(path):
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(kg.shutil, "disk_usage", missing)
+    assert kg.fit_workers_to_shared_memory(3, batch) == (3, "")
+
+
+def test_ddp_environment_disables_nccl_p2p_only_without_peer_access(kg: ModuleType,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    base = {"PATH": "/bin"}
+    monkeypatch.setattr(torch.cuda, "can_device_access_peer", lambda i, j: True)
+    assert kg.ddp_environment(2, base) == (base, "")
+    monkeypatch.setattr(torch.cuda, "can_device_access_peer", lambda i, j: False)
+    env, note = kg.ddp_environment(2, base)
+    assert env == {"PATH": "/bin", "NCCL_P2P_DISABLE": "1"} and "peer-to-peer" in note
+    assert kg.ddp_environment(1, base) == (base, "")
+    chosen = {**base, "NCCL_P2P_DISABLE": "0"}  # the user's own setting stands
+    assert kg.ddp_environment(2, chosen) == (chosen, "")
+
+
+def test_a_timed_out_collective_is_explained(kg: ModuleType) -> None:
+    script = "print('[rank0]: Watchdog caught collective operation timeout: WorkNCCL(...)'); raise SystemExit(1)"
+    with pytest.raises(RuntimeError, match="a collective timed out"):
+        kg.run_streaming([sys.executable, "-c", script])

@@ -12,9 +12,8 @@ from torch import Tensor, nn
 
 import ddpm_ref as R
 from tests._asserts import expect_close, expect_float, expect_tensor
+from tests._fixtures import T, seed_schedule
 from tests.harness import check
-
-T = 400
 
 
 class Probe(nn.Module):
@@ -32,10 +31,6 @@ class Probe(nn.Module):
             t = t.expand(x.shape[0])
         self.calls.append((x.detach().clone(), t.detach().clone().long()))
         return self.w * x + self.b * (t.to(x.dtype) / T).reshape(-1, *([1] * (x.ndim - 1)))
-
-
-def seed_schedule() -> R.NoiseSchedule:
-    return R.NoiseSchedule(R.linear_beta_schedule(T))
 
 
 def batch(b: int, seed: int) -> Tensor:

@@ -225,3 +225,54 @@ def test_bf16_training_run_stays_within_seed_to_seed_variation():
     with perf.backend_flags(perf.PerfOptions(threads=1), "cpu"):  # tiny tensors: one thread is fastest
         fp32, bf16, other_seed = run("off", 0), run("bf16", 0), run("off", 1)
     assert abs(bf16 - fp32) < 0.5 * abs(other_seed - fp32), (fp32, bf16, other_seed)
+
+
+def test_train_options_take_the_device_policy_unless_the_config_says_otherwise():
+    from ddpm_ref.config import get_config, parse_value
+
+    cfg = get_config("lfw-tiny")
+    assert cfg.channels_last is None and cfg.compile is None  # None: the per-device policy
+    cpu, cuda = perf.train_options(cfg, "cpu"), perf.train_options(cfg, "cuda")
+    assert (cpu.channels_last, cpu.fused_adamw, cpu.cudnn_benchmark, cpu.compile) == (False,) * 4
+    assert (cuda.channels_last, cuda.fused_adamw, cuda.cudnn_benchmark, cuda.compile) == (True, True, True, False)
+    assert perf.recommended("cuda").replace(amp="auto") == cuda.replace(amp="auto")
+    mine = perf.train_options(cfg.replace(channels_last=True, compile=False, threads=1), "cpu")
+    assert mine.channels_last and not mine.compile and mine.threads == 1
+    assert perf.train_options(cfg.replace(fused_adamw=False), "cuda").fused_adamw is False
+    assert parse_value("channels_last", "auto") is None and parse_value("channels_last", "on") is True
+    with pytest.raises(ValueError, match="threads"):
+        cfg.replace(threads=-1)
+
+
+def test_cpu_auto_precision_is_the_one_cpu_rule(monkeypatch):
+    for native, dtype in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(perf, "cpu_has_native_bf16", lambda native=native: native)
+        assert perf.resolve_amp_dtype("cpu", "auto") is dtype
+        assert perf.cpu_amp() == ("bf16" if native else "off")
+    assert perf.resolve_amp_dtype("cpu", "off") is None
+
+
+def test_use_cpu_threads_sets_and_reports_the_policy(monkeypatch):
+    threads = torch.get_num_threads()
+    notes: list[str] = []
+    monkeypatch.setattr(perf, "cpu_threads", lambda: 1)
+    try:
+        assert perf.use_cpu_threads(log=notes.append) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert len(notes) == (1 if perf.default_threads() > 1 else 0)
+
+
+def test_resolve_device_lives_below_the_trainer():
+    import ddpm_ref.train
+
+    assert ddpm_ref.train.resolve_device is perf.resolve_device
+    assert perf.resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device must be"):
+        perf.resolve_device("gpu0")
+
+
+def test_switches_name_what_is_on_besides_amp():
+    assert perf.PerfOptions(amp="bf16").switches() == "none"
+    opts = perf.PerfOptions(amp="auto", channels_last=True, fused_adamw=True)
+    assert opts.switches() == "channels_last + fused_adamw"

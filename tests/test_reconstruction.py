@@ -18,18 +18,10 @@ from torch import Tensor
 
 import ddpm_ref as R
 from tests._asserts import Recorder, call, expect_close, expect_float, expect_tensor, fmt, timesteps_summary
+from tests._fixtures import T, gen, seed_schedule
 from tests.harness import check
 
-T = 400
 SIX_DB = 20 * math.log10(2)  # 6.0206 dB: how much too low PSNR is when [−1, 1] images are scored as [0, 1]
-
-
-def seed_schedule() -> R.NoiseSchedule:
-    return R.NoiseSchedule(R.linear_beta_schedule(T))
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 # ---------------------------------------------------------------------------------------- reconstruct

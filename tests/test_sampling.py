@@ -17,27 +17,18 @@ from torch import Tensor
 
 import ddpm_ref as R
 from tests._asserts import Recorder, call, expect_close, expect_tensor, fmt, timesteps_summary
+from tests._fixtures import (
+    MIXED_T,
+    T,
+    expect_two_point_mixture,
+    fixed_eps,
+    gen,
+    noise_reaching_schedule,
+    noisy_inputs,
+    seed_schedule,
+    two_point_oracle,
+)
 from tests.harness import check
-
-T = 400
-MIXED_T = torch.tensor([0, 1, 57, 200, 398, 399])
-
-
-def seed_schedule() -> R.NoiseSchedule:
-    return R.NoiseSchedule(R.linear_beta_schedule(T))
-
-
-def noise_reaching_schedule() -> R.NoiseSchedule:
-    return R.NoiseSchedule(R.scaled_linear_beta_schedule(T))
-
-
-def fixed_eps(x: Tensor, t: Tensor) -> Tensor:
-    """A deterministic stand-in for ε_θ: 0.8·x_t + 0.05·t/T (x̂0 leaves [−1, 1] for some pixels)."""
-    return 0.8 * x + 0.05 * (t.to(x.dtype) / T).reshape(-1, *([1] * (x.ndim - 1)))
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def step_closed_form(s: R.NoiseSchedule, x_t: Tensor, t: Tensor, noise: Tensor, *, clip: bool = True,
@@ -56,15 +47,16 @@ def step_closed_form(s: R.NoiseSchedule, x_t: Tensor, t: Tensor, noise: Tensor, 
     return mean + mask * var.sqrt() * noise.double()
 
 
+def _inputs(b: int, seed: int, scale: float = 1.5) -> tuple[Tensor, Tensor]:
+    return noisy_inputs(b, seed, scale)
+
+
 def _p_sample(impl, model, x_t, t, s, **kwargs) -> Tensor:
     out = impl.p_sample(model, x_t, t, s, **kwargs)
     return expect_tensor(out, "p_sample(model, x_t [B, 1, 4, 4], t, schedule, ...)", shape=x_t.shape,
                          dtype=x_t.dtype, device=x_t.device)
 
 
-def _inputs(b: int, seed: int, scale: float = 1.5) -> tuple[Tensor, Tensor]:
-    g = gen(seed)
-    return scale * torch.randn(b, 1, 4, 4, generator=g), torch.randn(b, 1, 4, 4, generator=g)
 
 
 # ---------------------------------------------------------------------------------------- p_sample
@@ -261,15 +253,8 @@ def test_sample_point_mass(impl) -> None:
 def test_sample_two_point_mixture(impl) -> None:
     """Data = images of constant −0.5 (weight 0.3) or +0.5 (weight 0.7): 0.7 ± 0.045 of 1000 samples are +0.5."""
     s = noise_reaching_schedule()
-    oracle = R.GaussianMixtureOracle(s, [-0.5, 0.5], [0.0, 0.0], [0.3, 0.7])
-    x = _sample(impl, oracle, s, (1000, 1, 4, 4), 2)
-    near = torch.minimum((x + 0.5).abs(), (x - 0.5).abs()).flatten(1).amax(1)
-    frac = float((x.flatten(1).mean(1) > 0).double().mean())
-    if float(near.max()) > 1e-2 or abs(frac - 0.7) > 0.045:
-        raise AssertionError(
-            f"samples should be constant images of −0.5 or +0.5 with weights 0.3 / 0.7; the fraction of +0.5 is "
-            f"{frac:.3f} and the worst sample is {float(near.max()):.3g} away from either"
-        )
+    x = _sample(impl, two_point_oracle(s), s, (1000, 1, 4, 4), 2)
+    expect_two_point_mixture(x)
 
 
 # ---------------------------------------------------------------------------------------- reference facts

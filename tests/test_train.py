@@ -163,3 +163,54 @@ def test_time_budget_and_max_steps_stop_cleanly_and_save(tmp_path: Path):
     r = Trainer(cfg, tmp_path / "b", progress=False).fit()
     assert r.stopped == "time_budget" and r.step == 1
     assert (tmp_path / "b" / "checkpoints" / "ckpt_latest.pt").is_file()
+
+
+def test_trainer_applies_the_speed_fields_of_its_config(tmp_path: Path):
+    cfg = get_config("lfw-tiny", model_channels=(8, 16), num_res_blocks=1, batch_size=8, epochs=1, max_steps=2,
+                     preview_every=0, milestone_every=0)
+    plain = Trainer(cfg, tmp_path / "a", progress=False, write_outputs=False)
+    assert plain.perf == ddpm_ref.perf.train_options(cfg, "cpu") and not plain.perf.channels_last
+    fast = Trainer(cfg.replace(channels_last=True, fused_adamw=True), tmp_path / "b", progress=False,
+                   write_outputs=False)
+    conv = next(m for m in fast.net.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    if ddpm_ref.perf.fused_adamw_supported("cpu"):
+        assert fast.optimizer.defaults["fused"]
+    a, b = plain.fit(), fast.fit()  # same init, batches and noise: the same losses up to float32 reordering
+    assert a.step_losses == pytest.approx(b.step_losses, rel=1e-4)
+
+
+def test_image_folders_reach_the_trainer_as_uint8_and_map_to_the_same_floats(tmp_path: Path):
+    from PIL import Image
+
+    from ddpm_ref.data import ImageFolderDataset, synthetic_faces, to_uint8_image
+
+    for i, face in enumerate(synthetic_faces(4, size=20, seed=0)):
+        Image.fromarray(to_uint8_image(face)).save(tmp_path / f"{i}.jpg", quality=95)
+    folder = ImageFolderDataset(tmp_path, 16, channels=3, hflip=False)
+    cfg = get_config("lfw-tiny", data=str(tmp_path), channels=3, image_size=16, model_channels=(8, 16),
+                     num_res_blocks=1, batch_size=2, hflip=False, epochs=1, preview_every=0, milestone_every=0)
+    trainer = Trainer(cfg, tmp_path / "run", dataset=folder, progress=False, write_outputs=False)
+    x, skipped = trainer.data[1]
+    assert x.dtype == torch.uint8 and skipped == 0  # a quarter of the bytes through the workers' shared memory
+    assert torch.equal(trainer._batch(x[None])[0], folder[1])  # the very floats the folder gives directly
+
+
+def test_progress_is_live_on_a_terminal_and_sparse_in_a_log(monkeypatch):
+    import io
+
+    from ddpm_ref import progress
+
+    monkeypatch.setenv("DDPM_PROGRESS", "log")
+    assert not progress.interactive()
+    log = io.StringIO()
+    bar = progress.progress_bar(total=200, file=log, miniters=1, dynamic_ncols=True)
+    for _ in range(200):
+        bar.update(1)
+    bar.close()
+    assert log.getvalue().count("\r") <= 3 and "200/200" in log.getvalue()  # start, end: not 200 chunks
+    monkeypatch.setenv("DDPM_PROGRESS", "live")
+    assert progress.interactive()
+    monkeypatch.delenv("DDPM_PROGRESS")
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")  # a committed Kaggle run
+    assert not progress.interactive()
