@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import warnings
 from pathlib import Path
 
@@ -123,3 +124,42 @@ def test_t_slider_static_strip_without_widgets() -> None:
     assert len(plt.gcf().axes) == 8
     with pytest.raises(ValueError, match="positive int"):
         course.t_slider(frame, 0)
+
+
+def test_the_students_guide_shows_what_the_alpha_mistake_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    """lessons/README.md's example failure is what a q_sample written with α_t instead of ᾱ_t really prints."""
+    from tests.mistakes import MISTAKES
+
+    guide = (ROOT / "lessons" / "README.md").read_text(encoding="utf-8")
+    block = guide.split("ᾱ_t prints (the values shown are those around the largest difference):\n   ```\n")[1]
+    shown = [line.removeprefix("   ") for line in block.split("\n   ```")[0].splitlines()]
+    mistake = next(m for m in MISTAKES if m.name == "q_sample_alpha_instead_of_alpha_bar")
+    namespace = dict(vars(ddpm_ref))
+    exec(mistake.source, namespace)
+    with pytest.raises(AssertionError, match="q_sample: 1 check"):
+        course.run_checks("q_sample", namespace)
+    printed = capsys.readouterr().out.splitlines()
+
+    def timeless(line: str) -> str:
+        return re.sub(r"\(\d+\.\d s\)", "(… s)", line)
+
+    assert [timeless(x) for x in printed] == [timeless(x) for x in shown]
+
+
+def test_a_failed_value_check_previews_the_largest_difference() -> None:
+    from tests._asserts import expect_close
+
+    expected = torch.arange(100.0)
+    actual = expected.clone()
+    actual[57] = -1.0
+    with pytest.raises(AssertionError) as info:
+        expect_close(actual, expected, "x")
+    message = str(info.value)
+    assert "expected […, 55, 56, 57, 58, …], got […, 55, 56, -1, 58, …]" in message, message
+    assert "largest difference 58 at index [57]" in message
+    with pytest.raises(AssertionError, match=r"expected \[0, 1, 2, 3, …\], got \[-1, 1, 2, 3, …\]"):
+        expect_close(torch.cat([torch.tensor([-1.0]), expected[1:]]), expected, "x")
+    with pytest.raises(AssertionError, match=r"expected \[…, 96, 97, 98, 99\], got \[…, 96, 97, 98, -1\]"):
+        expect_close(torch.cat([expected[:-1], torch.tensor([-1.0])]), expected, "x")
+    with pytest.raises(AssertionError, match=r"x: expected 2, got 1 \(largest difference 1\)"):
+        expect_close(1.0, 2.0, "x")
