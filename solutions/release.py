@@ -37,7 +37,20 @@ LESSON_ID = re.compile(r"^\d\d_[a-z0-9_]+$")
 REPOSITORY = "https://github.com/ddpm-course/ddpm-course"
 BRANCH = "main"
 
-KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
+#: the notebook metadata as JupyterLab 4 saves it once ipykernel has reported its language: stored so, a lesson
+#: opens unmodified. ``version`` is the course's reference Python (the one CI runs); under another Python
+#: JupyterLab updates that one field when the kernel starts, and the notebook shows as modified.
+PYTHON_VERSION = "3.11.7"
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+LANGUAGE_INFO = {
+    "codemirror_mode": {"name": "ipython", "version": 3},
+    "file_extension": ".py",
+    "mimetype": "text/x-python",
+    "name": "python",
+    "nbconvert_exporter": "python",
+    "pygments_lexer": "ipython3",
+    "version": PYTHON_VERSION,
+}
 #: cell metadata that survives normalisation: nbgrader's, the tags, and the locks nbgrader sets on releases
 CELL_METADATA_KEYS = ("nbgrader", "tags", "deletable", "editable")
 #: nbgrader metadata written by autograde/feedback, never part of a source or release notebook
@@ -83,7 +96,7 @@ def lesson_ids(root: Path = ROOT) -> list[str]:
 
 def normalize(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """The notebook in the course's normal form (in place, and returned)."""
-    nb.metadata = nbformat.from_dict({"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"}})
+    nb.metadata = nbformat.from_dict({"kernelspec": dict(KERNELSPEC), "language_info": dict(LANGUAGE_INFO)})
     nb.nbformat, nb.nbformat_minor = 4, 5
     for i, cell in enumerate(nb.cells):
         meta = {k: cell.metadata[k] for k in CELL_METADATA_KEYS if k in cell.metadata}
@@ -127,6 +140,8 @@ def normal_bytes(path: Path) -> bytes:
 
 
 def _dump(nb: nbformat.NotebookNode) -> bytes:
+    """As jupyter_server writes a notebook JupyterLab saves: nbformat's JSON (indent 1, sorted keys, UTF-8 as is)
+    and a final newline."""
     text = nbformat.writes(nb, version=4)
     return (text if text.endswith("\n") else text + "\n").encode("utf-8")
 
