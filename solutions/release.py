@@ -6,8 +6,11 @@
     python solutions/release.py --clean-solutions  # first strip outputs and volatile metadata from the sources
 
 Every lesson goes through nbgrader's own ``generate_assignment`` (in this process, with the course's
-``nbgrader_config.py``), then each notebook is written in one normal form: no outputs or execution
-counts, only the cell metadata nbgrader and Jupyter need, a fixed Python 3 kernelspec, sorted JSON keys.
+``nbgrader_config.py``); each released notebook then gets, above its title, the "Open in Colab" / "Open in
+Kaggle" badges and a start cell that installs the course where ``ddpm_ref`` is missing (both built from
+:data:`REPOSITORY`, the one place that names the course's repository), and is written in one normal form: no
+outputs or execution counts, only the cell metadata nbgrader and Jupyter need, a fixed Python 3 kernelspec,
+sorted JSON keys, as JupyterLab 4 saves a notebook.
 A rebuild is therefore byte-identical, and ``--check`` can compare bytes. ``--check`` builds in a
 temporary copy of the course and touches nothing; a normal run also records the assignments in the
 course's ``gradebook.db``, which ``nbgrader autograde`` needs.
@@ -30,13 +33,59 @@ SOLUTIONS = ROOT / "solutions"
 LESSONS = ROOT / "lessons"
 LESSON_ID = re.compile(r"^\d\d_[a-z0-9_]+$")
 
-KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
+#: the course's public repository and branch: the badges open the lessons from there, the start cell clones it
+REPOSITORY = "https://github.com/ddpm-course/ddpm-course"
+BRANCH = "main"
+
+#: the notebook metadata as JupyterLab 4 saves it once ipykernel has reported its language: stored so, a lesson
+#: opens unmodified. ``version`` is the course's reference Python (the one CI runs); under another Python
+#: JupyterLab updates that one field when the kernel starts, and the notebook shows as modified.
+PYTHON_VERSION = "3.11.7"
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+LANGUAGE_INFO = {
+    "codemirror_mode": {"name": "ipython", "version": 3},
+    "file_extension": ".py",
+    "mimetype": "text/x-python",
+    "name": "python",
+    "nbconvert_exporter": "python",
+    "pygments_lexer": "ipython3",
+    "version": PYTHON_VERSION,
+}
 #: cell metadata that survives normalisation: nbgrader's, the tags, and the locks nbgrader sets on releases
 CELL_METADATA_KEYS = ("nbgrader", "tags", "deletable", "editable")
 #: nbgrader metadata written by autograde/feedback, never part of a source or release notebook
 VOLATILE_NBGRADER_KEYS = ("score", "comment")
 
-__all__ = ["lesson_ids", "normalize", "normal_bytes", "generate", "check", "main"]
+__all__ = ["lesson_ids", "normalize", "normal_bytes", "start_cells", "generate", "check", "main",
+           "REPOSITORY", "BRANCH"]
+
+#: the start cell of every released lesson (``{repository}`` is :data:`REPOSITORY`)
+START_CELL = """\
+# Start here. Where the course is not installed yet (Colab, Kaggle, a fresh environment), this cell clones it
+# and installs it; elsewhere it does nothing. DDPM_COURSE_REPO overrides the repository to clone.
+import importlib.util
+if importlib.util.find_spec("ddpm_ref") is None:
+    import importlib.metadata, os, site, subprocess, sys
+    repo = os.environ.get("DDPM_COURSE_REPO", "{repository}")
+    dest = os.path.abspath(os.environ.get("DDPM_COURSE_DIR", "ddpm-course"))
+    if not os.path.isdir(dest):
+        subprocess.run(["git", "clone", "--depth", "1", repo, dest], check=True)
+    before = {{d.metadata["Name"]: d.version for d in importlib.metadata.distributions()}}
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", dest], check=True)
+    changed = {{d.metadata["Name"] for d in importlib.metadata.distributions()
+               if before.get(d.metadata["Name"]) not in (None, d.version)}}
+    loaded = {{m.split(".")[0] for m in sys.modules}}
+    stale = sorted(n for m, names in importlib.metadata.packages_distributions().items()
+                   if m in loaded for n in names if n in changed)
+    for path in site.getsitepackages() + [site.getusersitepackages()]:
+        site.addsitedir(path)  # the editable install's path hook, for this running kernel
+    importlib.invalidate_caches()
+    if stale:
+        print(f"installed the course from {{repo}} into {{dest}}; packages this kernel had already loaded were "
+              f"upgraded ({{', '.join(stale)}}): restart the kernel, then run the notebook from the top")
+    else:
+        print(f"installed the course from {{repo}} into {{dest}}; no restart needed: run the next cells")"""
+
 
 
 def lesson_ids(root: Path = ROOT) -> list[str]:
@@ -47,7 +96,7 @@ def lesson_ids(root: Path = ROOT) -> list[str]:
 
 def normalize(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """The notebook in the course's normal form (in place, and returned)."""
-    nb.metadata = nbformat.from_dict({"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"}})
+    nb.metadata = nbformat.from_dict({"kernelspec": dict(KERNELSPEC), "language_info": dict(LANGUAGE_INFO)})
     nb.nbformat, nb.nbformat_minor = 4, 5
     for i, cell in enumerate(nb.cells):
         meta = {k: cell.metadata[k] for k in CELL_METADATA_KEYS if k in cell.metadata}
@@ -65,6 +114,25 @@ def normalize(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
+def start_cells(lesson: str, repository: str = REPOSITORY, branch: str = BRANCH) -> list[nbformat.NotebookNode]:
+    """The badges (a markdown cell) and the start cell that open every released lesson ``lesson``."""
+    path = f"{repository.removeprefix('https://github.com/')}/blob/{branch}/lessons/{lesson}/{lesson}.ipynb"
+    badges = (f"[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+              f"(https://colab.research.google.com/github/{path}) "
+              f"[![Open in Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)]"
+              f"(https://kaggle.com/kernels/welcome?src=https://github.com/{path})")
+    md = nbformat.v4.new_markdown_cell(badges, id="open-in")
+    code = nbformat.v4.new_code_cell(START_CELL.format(repository=repository), id="start")
+    code.metadata = nbformat.from_dict({"tags": ["start"]})
+    return [md, code]
+
+
+def _add_start_cells(path: Path, lesson: str) -> None:
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = start_cells(lesson) + [c for c in nb.cells if c.get("id") not in ("open-in", "start")]
+    path.write_bytes(_dump(normalize(nb)))
+
+
 def normal_bytes(path: Path) -> bytes:
     """The bytes of ``path`` in normal form."""
     nb = normalize(nbformat.read(path, as_version=4))
@@ -72,6 +140,8 @@ def normal_bytes(path: Path) -> bytes:
 
 
 def _dump(nb: nbformat.NotebookNode) -> bytes:
+    """As jupyter_server writes a notebook JupyterLab saves: nbformat's JSON (indent 1, sorted keys, UTF-8 as is)
+    and a final newline."""
     text = nbformat.writes(nb, version=4)
     return (text if text.endswith("\n") else text + "\n").encode("utf-8")
 
@@ -105,6 +175,7 @@ def generate(course: Path, ids: list[str]) -> None:
                              f"{result.get('error', '')}")
         for path in sorted((course / "lessons" / lesson).rglob("*.ipynb")):
             _normalize_file(path)
+        _add_start_cells(course / "lessons" / lesson / f"{lesson}.ipynb", lesson)
 
 
 def _differences(a: Path, b: Path) -> list[str]:

@@ -21,13 +21,16 @@ from tests.harness import CheckSkipped
 Diagnosis = tuple[Any, str]
 
 
-def fmt(x: Any, n: int = 4) -> str:
-    """A short readable form of a number or tensor (its first ``n`` values)."""
+def fmt(x: Any, n: int = 4, around: int | None = None) -> str:
+    """A short readable form of a number or tensor: its first ``n`` values, or ``n`` values of the flattened
+    tensor around flat index ``around`` (where two tensors differ most), with "…" where values are left out."""
     if isinstance(x, Tensor):
         flat = x.detach().reshape(-1).to("cpu", torch.float64)
-        vals = ", ".join(f"{v:.5g}" for v in flat[:n].tolist())
-        more = ", …" if flat.numel() > n else ""
-        return f"[{vals}{more}]" if x.ndim else vals
+        start = 0 if around is None else min(max(0, around - n // 2), max(0, flat.numel() - n))
+        vals = ", ".join(f"{v:.5g}" for v in flat[start:start + n].tolist())
+        before = "…, " if start > 0 else ""
+        more = ", …" if flat.numel() > start + n else ""
+        return f"[{before}{vals}{more}]" if x.ndim else vals
     if isinstance(x, float):
         return f"{x:.6g}"
     return repr(x)
@@ -132,7 +135,8 @@ def expect_close(
     where = where.replace("tensor(", "").replace(")", "")
     matched = diagnose(actual, diagnoses, max(atol, 1e-4), max(rtol, 1e-4))  # a float32 slip still matches
     raise AssertionError(
-        f"{what}: expected {fmt(expected)}, got {fmt(actual)} "
+        f"{what}: expected {fmt(e, around=idx) if a.ndim else fmt(expected)}, "
+        f"got {fmt(a, around=idx) if a.ndim else fmt(actual)} "
         f"(largest difference {float(diff.max()):.3g}{where}).{_hint(matched or hint)}"
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import warnings
 from pathlib import Path
 
@@ -123,3 +124,131 @@ def test_t_slider_static_strip_without_widgets() -> None:
     assert len(plt.gcf().axes) == 8
     with pytest.raises(ValueError, match="positive int"):
         course.t_slider(frame, 0)
+
+
+def test_the_students_guide_shows_what_the_alpha_mistake_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    """lessons/README.md's example failure is what a q_sample written with α_t instead of ᾱ_t really prints."""
+    from tests.mistakes import MISTAKES
+
+    guide = (ROOT / "lessons" / "README.md").read_text(encoding="utf-8")
+    block = guide.split("ᾱ_t prints (the values shown are those around the largest difference):\n   ```\n")[1]
+    shown = [line.removeprefix("   ") for line in block.split("\n   ```")[0].splitlines()]
+    mistake = next(m for m in MISTAKES if m.name == "q_sample_alpha_instead_of_alpha_bar")
+    namespace = dict(vars(ddpm_ref))
+    exec(mistake.source, namespace)
+    with pytest.raises(AssertionError, match="q_sample: 1 check"):
+        course.run_checks("q_sample", namespace)
+    printed = capsys.readouterr().out.splitlines()
+
+    def timeless(line: str) -> str:
+        return re.sub(r"\(\d+\.\d s\)", "(… s)", line)
+
+    assert [timeless(x) for x in printed] == [timeless(x) for x in shown]
+
+
+def test_a_failed_value_check_previews_the_largest_difference() -> None:
+    from tests._asserts import expect_close
+
+    expected = torch.arange(100.0)
+    actual = expected.clone()
+    actual[57] = -1.0
+    with pytest.raises(AssertionError) as info:
+        expect_close(actual, expected, "x")
+    message = str(info.value)
+    assert "expected […, 55, 56, 57, 58, …], got […, 55, 56, -1, 58, …]" in message, message
+    assert "largest difference 58 at index [57]" in message
+    with pytest.raises(AssertionError, match=r"expected \[0, 1, 2, 3, …\], got \[-1, 1, 2, 3, …\]"):
+        expect_close(torch.cat([torch.tensor([-1.0]), expected[1:]]), expected, "x")
+    with pytest.raises(AssertionError, match=r"expected \[…, 96, 97, 98, 99\], got \[…, 96, 97, 98, -1\]"):
+        expect_close(torch.cat([expected[:-1], torch.tensor([-1.0])]), expected, "x")
+    with pytest.raises(AssertionError, match=r"x: expected 2, got 1 \(largest difference 1\)"):
+        expect_close(1.0, 2.0, "x")
+
+
+@pytest.fixture
+def shell(monkeypatch: pytest.MonkeyPatch):
+    """An IPython shell (what a Jupyter kernel runs) after a lesson's ``setup()``; torch's threads restored after."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+    threads = torch.get_num_threads()
+    ip = InteractiveShell.instance()
+    try:
+        assert ip.run_cell("import matplotlib.pyplot as plt\nfrom ddpm_ref.course import animate, run_checks, setup\n"
+                           "setup()").success
+        yield ip
+    finally:
+        InteractiveShell.clear_instance()
+        torch.set_num_threads(threads)
+
+
+def test_setup_seeds_and_sets_the_cpu_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    threads = torch.get_num_threads()
+    try:
+        course.setup(3, threads=1)
+        assert torch.get_num_threads() == 1
+        first = torch.rand(2)
+        course.setup(3, threads=1)
+        assert torch.equal(torch.rand(2), first)
+        monkeypatch.setattr("ddpm_ref.perf.cpu_threads", lambda: 2)
+        assert course.setup() is None  # nothing to print (torch.manual_seed returns a Generator)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+STUB = "def p_sample(model, x_t, t, schedule):\n    # YOUR CODE HERE\n    raise NotImplementedError()"
+
+
+def test_a_cell_that_needs_an_unfinished_exercise_says_so_in_one_line(shell, capsys) -> None:
+    assert shell.run_cell(STUB).success
+    capsys.readouterr()
+    result = shell.run_cell("fig, ax = plt.subplots()\nframes = p_sample(None, None, 0, None)\nax.plot(frames)")
+    assert result.success and result.result is None
+    assert capsys.readouterr().out == ("finish the exercise `p_sample` first: this cell runs your `p_sample`, "
+                                       "which still raises NotImplementedError\n")
+    assert not plt.get_fignums()  # nothing drawn
+    result = shell.run_cell("animate(frames)")  # a name the skipped cell could not define
+    assert result.success and result.result is None
+    assert capsys.readouterr().out.startswith("finish the exercise `p_sample` first: this cell uses `frames`")
+    assert shell.run_cell("def p_sample(model, x_t, t, schedule):\n    return 2 * x_t").success
+    result = shell.run_cell("frames = p_sample(None, 1, 0, None)\nframes + 1")
+    assert result.success and result.result == 3  # the last expression is still the cell's value
+
+
+def test_other_errors_stay_errors(shell) -> None:
+    result = shell.run_cell("x = 1\n1 / 0")
+    assert isinstance(result.error_in_exec, ZeroDivisionError)
+    result = shell.run_cell("def helper():\n    raise NotImplementedError('a message')\nhelper()")
+    assert isinstance(result.error_in_exec, NotImplementedError)  # not a stub: a stub raises it bare
+    result = shell.run_cell("not_defined_anywhere")
+    assert isinstance(result.error_in_exec, NameError)
+    assert shell.run_cell("from __future__ import annotations\nx: int = 2").success
+
+
+def test_a_failed_check_lets_run_all_go_on_but_stays_an_error_for_nbgrader(shell, monkeypatch, capsys) -> None:
+    shell.run_cell(STUB)
+    result = shell.run_cell('run_checks("p_sample", globals())')
+    assert result.error_in_exec is None  # Jupyter's Run All goes on to the next cells
+    assert "✗ p_sample" in capsys.readouterr().out
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    result = shell.run_cell('run_checks("p_sample", globals())')
+    assert isinstance(result.error_in_exec, AssertionError)  # nbgrader scores the cell 0
+    monkeypatch.delenv("NBGRADER_EXECUTION")
+    result = shell.run_cell("p_sample(None, None, 0, None)\nassert False")  # not a check cell: skipped at the stub
+    assert result.success
+
+
+def test_t_slider_widget_is_wide_and_labelled(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ipywidgets
+
+    made = {}
+    monkeypatch.setattr(ipywidgets, "interact", lambda f, t: made.update(f=f, slider=t))
+    course.t_slider(lambda t: _images(8), 400, use_widgets=True, nrow=4, labels=[f"x{i}" for i in range(8)])
+    slider = made["slider"]
+    assert (slider.min, slider.max, slider.layout.width) == (0, 399, "600px")
+    made["f"](100)
+    fig = plt.gcf()
+    assert fig._suptitle.get_text() == "t = 100"
+    assert [a.get_title() for a in fig.axes if a.images] == [f"x{i}" for i in range(8)]
+    assert fig.get_size_inches()[0] >= 4 * 1.8

@@ -33,14 +33,16 @@ COURSE: dict[str, tuple[str, ...]] = {
 }
 
 SETUP = """%matplotlib inline
+import os
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle CPU threads sleep, not spin
 import math
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import matplotlib.pyplot as plt
-from ddpm_ref.course import FAST, run_checks   # the course's check runner; FAST is True while nbgrader grades
-torch.manual_seed(0)"""
+from ddpm_ref.course import FAST, run_checks, setup   # FAST is True while nbgrader grades
+setup()   # seeds torch, picks CPU threads for the machine's load; Run All goes on past unfinished exercises"""
 
 
 #: every check cell imports the runner afresh, so a student's cell that rebinds `run_checks` changes nothing
@@ -254,3 +256,35 @@ def test_guides_exist() -> None:
     for phrase in ("python solutions/release.py", "nbgrader autograde", "nbgrader generate_feedback",
                    "nbgrader export", "tests/mistakes.py", "hidden=True"):
         assert phrase in instructors, f"solutions/README.md should mention {phrase!r}"
+
+
+# ------------------------------------------------------------------------------------------------ as JupyterLab saves
+
+
+@pytest.mark.parametrize("folder", ["solutions", "lessons"])
+def test_notebooks_are_stored_as_jupyterlab_saves_them(folder: str) -> None:
+    """JupyterLab 4 writes what ipykernel reports (kernelspec display name, full language_info) and then the
+    notebook through nbformat (indent 1, sorted keys, non-ASCII as is, a final newline); a notebook stored
+    otherwise shows as modified the moment it is opened. tests/test_browser.py saves one from JupyterLab."""
+    for lesson in PRESENT:
+        path = ROOT / folder / lesson / f"{lesson}.ipynb"
+        text = path.read_text(encoding="utf-8")
+        nb = nbformat.reads(text, as_version=4)
+        assert (nb.nbformat, nb.nbformat_minor) == (4, 5), f"{path}: nbformat {nb.nbformat}.{nb.nbformat_minor}"
+        assert nb.metadata == {"kernelspec": release.KERNELSPEC, "language_info": release.LANGUAGE_INFO}, path
+        assert text == nbformat.writes(nb, version=4) + "\n", f"{path}: not written as nbformat writes it"
+        assert '\n "cells": [\n  {\n' in text and "Lesson" in text and "—" in text, f"{path}: indent 1, UTF-8 as is"
+
+
+def test_released_lessons_open_with_badges_and_the_start_cell() -> None:
+    for lesson in PRESENT:
+        cells = read(lesson, LESSONS_DIR).cells
+        badges, start, title = cells[0], cells[1], cells[2]
+        assert badges.cell_type == "markdown" and "Open in Colab" in badges.source and "Open in Kaggle" in badges.source
+        url = f"{release.REPOSITORY.removeprefix('https://github.com/')}/blob/{release.BRANCH}/lessons/{lesson}/{lesson}.ipynb"
+        assert f"https://colab.research.google.com/github/{url}" in badges.source, lesson
+        assert f"https://kaggle.com/kernels/welcome?src=https://github.com/{url}" in badges.source, lesson
+        assert start.cell_type == "code" and start.metadata.get("tags") == ["start"], lesson
+        assert f'os.environ.get("DDPM_COURSE_REPO", "{release.REPOSITORY}")' in start.source, lesson
+        assert title.source.startswith("# "), lesson
+        assert "setup" in cells[3].metadata.get("tags", []), f"{lesson}: the setup cell follows the start cell"
