@@ -296,8 +296,8 @@ def test_euler_sample_calls_the_model_on_the_time_grid(impl) -> None:
         if len(ts) == len(expected) + 1:
             extra = " (one call too many: the last step starts at t = 1/steps and lands on t = 0)"
         raise AssertionError(f"euler_sample(steps=10) should call the model at times "
-                             f"{fmt(torch.tensor(expected), 10)}; it called it at {fmt(torch.tensor(ts), 11)}{extra}. Hint: "
-                             f"{_times_hint(ts, expected, 10)}")
+                             f"{fmt(torch.tensor(expected), 10)}; it called it at {fmt(torch.tensor(ts), 11)}{extra}. "
+                             f"Hint: {_times_hint(ts, expected, 10)}")
     x_start = model.calls[0][0]
     m, sd = float(x_start.mean()), float(x_start.std())
     if abs(m) > 0.1 or abs(sd - 1) > 0.08:
