@@ -44,6 +44,7 @@ from .data import ImageFolderDataset, lfw_faces
 from .diffusion import ddpm_loss
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, cleanup_distributed, init_distributed
 from .ema import ema_state, load_ema_state, make_ema, unwrap
+from .flow import flow_matching_loss, heun_sample
 from .precision import autocast, needs_grad_scaler, resolve_amp_dtype
 from .samplers import sample
 from .schedule import NoiseSchedule
@@ -89,11 +90,19 @@ def train_step_stats(
     grad_clip: float = 1.0,
     scaler: torch.amp.GradScaler | None = None,
     amp_dtype: torch.dtype | None = None,
+    objective: str = "ddpm",
 ) -> StepStats:
-    """:func:`train_step` that also reports the gradient norm and whether the step was applied."""
+    """:func:`train_step` that also reports the gradient norm and whether the step was applied.
+
+    ``objective="flow"`` takes the flow-matching loss (:func:`~ddpm_ref.flow.flow_matching_loss`) instead of
+    L_simple; ``schedule`` is then unused.
+    """
     optimizer.zero_grad(set_to_none=True)
     with autocast(x0.device, amp_dtype):
-        loss = ddpm_loss(model, x0, schedule, generator=generator)
+        if objective == "flow":
+            loss = flow_matching_loss(model, x0, generator=generator)
+        else:
+            loss = ddpm_loss(model, x0, schedule, generator=generator)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -470,10 +479,17 @@ class Trainer:
 
     @torch.no_grad()
     def preview(self, n: int | None = None) -> Tensor:
-        """Samples [n, C, H, W] of the EMA model from the fixed preview noise (same noise every epoch)."""
+        """Samples [n, C, H, W] of the EMA model from the fixed preview noise (same noise every epoch).
+
+        DDPM models: all T steps of Algorithm 2; flow-matching models: 25 Heun steps (50 network calls).
+        """
         n = n or self.config.preview_n
         g = torch.Generator(device=self.device).manual_seed(self.config.seed + 2)
         with autocast(self.device, self.amp_dtype):
+            if self.config.objective == "flow":
+                x = heun_sample(self.ema.module, self.preview_noise[:n].shape, steps=25,
+                                x1=self.preview_noise[:n].to(self.device), progress=False)
+                return x.float().cpu()
             x = sample(self.ema.module, self.schedule, self.preview_noise[:n].shape, generator=g,
                        x_T=self.preview_noise[:n].to(self.device), progress=False)
         return x.float().cpu()
@@ -542,7 +558,7 @@ class Trainer:
             for x, n_bad in self.loader:
                 stats = train_step_stats(self.model, self.optimizer, self._batch(x), self.schedule,
                                          generator=self.generator, grad_clip=c.grad_clip, scaler=self.scaler,
-                                         amp_dtype=self.amp_dtype)
+                                         amp_dtype=self.amp_dtype, objective=c.objective)
                 if stats.applied:
                     self.ema.update_parameters(self.net)
                 self.lr_scheduler.step()
