@@ -1,10 +1,11 @@
 """ddpm_ref: the reference DDPM of the course (Ho et al. 2020), in plain PyTorch.
 
-Layers, each importing only those before it: schedule → diffusion → samplers → unet → metrics.
+Layers, each importing only those before it: schedule → diffusion → samplers → flow → unet → metrics.
 Timesteps are 0-based (t ∈ {0, …, T−1}); images are [B, C, H, W] in [−1, 1].
 """
 
 from .diffusion import ddpm_loss, predict_eps, predict_x0, q_posterior, q_sample
+from .flow import GaussianMixtureVelocity, euler_sample, flow_matching_loss, heun_sample
 from .metrics import psnr, ssim
 from .oracle import GaussianMixtureOracle
 from .samplers import ddim_sample, ddim_step, ddim_timesteps, p_sample, p_sample_loop, reconstruct, sample
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GaussianMixtureOracle",
+    "GaussianMixtureVelocity",
     "NoiseSchedule",
     "ResBlock",
     "SelfAttention",
@@ -31,6 +33,9 @@ __all__ = [
     "ddim_step",
     "ddim_timesteps",
     "ddpm_loss",
+    "euler_sample",
+    "flow_matching_loss",
+    "heun_sample",
     "linear_beta_schedule",
     "make_betas",
     "p_sample",

@@ -92,8 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="generate images from pure noise")
     ckpt_args(p)
     p.add_argument("--n", type=int, default=5, help="number of images (default 5, as the seed)")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (ddim only)")
+    p.add_argument("--sampler", choices=("ddpm", "ddim", "euler", "heun"), default=None,
+                   help="ddpm or ddim for DDPM models (default ddpm); euler or heun for flow-matching models "
+                        "(objective=flow, default heun)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps of ddim (default 50), euler (default 50) or heun (default 25; 2 network calls each)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η (ddim only)")
     p.add_argument("--strip", action="store_true", help="also write reverse_process.png")
 
@@ -197,11 +200,28 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     out = _run_dir(args.ckpt, args.out)
     shape = (args.n, config.channels, config.image_size, config.image_size)
     g = torch.Generator(device=device).manual_seed(args.seed)
+    flow = config.objective == "flow"
+    sampler = args.sampler or ("heun" if flow else "ddpm")
+    if flow != (sampler in ("euler", "heun")):
+        what = ("a flow-matching model: use --sampler euler or heun" if flow
+                else "a DDPM model: use --sampler ddpm or ddim")
+        raise UsageError(f"{args.ckpt} holds {what}")
+    steps = args.steps if args.steps is not None else (25 if sampler == "heun" else 50)
+    if steps < 1:
+        raise UsageError("--steps must be >= 1")
+    args.sampler = sampler
     t0 = time.perf_counter()
-    if args.sampler == "ddpm":
+    if flow:
+        from .flow import euler_sample, heun_sample
+
+        fn = heun_sample if sampler == "heun" else euler_sample
+        x, frames = fn(model, shape, steps=steps, generator=g, return_intermediates=True)
+        keep = sorted(frames, reverse=True)[:-1]
+        frames = {round(t, 3): frames[t] for t in keep[:: max(1, len(keep) // 9)]}
+    elif sampler == "ddpm":
         x, frames = sample(model, schedule, shape, generator=g, return_intermediates=True)
     else:
-        x, frames = ddim_sample(model, schedule, shape, steps=args.steps, eta=args.eta, generator=g,
+        x, frames = ddim_sample(model, schedule, shape, steps=steps, eta=args.eta, generator=g,
                                 return_intermediates=True)
         keep = sorted(frames, reverse=True)
         frames = {t: frames[t] for t in keep[:: max(1, len(keep) // 9)]}
@@ -222,6 +242,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> None:
 
     device = _device(args.device)
     model, schedule, config = model_from_checkpoint(args.ckpt, ema=not args.raw, device=device)
+    if config.objective == "flow":
+        raise UsageError(f"{args.ckpt} holds a flow-matching model: reconstruct runs the DDPM reverse chain")
     t = args.t_start if args.t_start is not None else int(0.75 * config.T)
     if not 0 <= t < config.T:
         raise UsageError(f"--t-start must be in 0…{config.T - 1} for this model (T={config.T}), got {t}")
@@ -276,8 +298,10 @@ def _cmd_presets(args: argparse.Namespace) -> None:
 
     for name, c in PRESETS.items():
         s = build_schedule(c)
-        print(f"{name:18s} {c.channels}×{c.image_size}², UNet {list(c.model_channels)}, T={c.T} {c.beta_schedule} "
-              f"(β {s.betas[0].item():.2g}→{s.betas[-1].item():.2g}, ᾱ_T-1={s.alpha_bars[-1].item():.2g}), "
+        objective = ("flow matching (velocity, t ∈ [0, 1])" if c.objective == "flow" else
+                     f"T={c.T} {c.beta_schedule} (β {s.betas[0].item():.2g}→{s.betas[-1].item():.2g}, "
+                     f"ᾱ_T-1={s.alpha_bars[-1].item():.2g})")
+        print(f"{name:18s} {c.channels}×{c.image_size}², UNet {list(c.model_channels)}, {objective}, "
               f"batch {c.batch_size}, lr {c.lr:g}, EMA {c.ema_decay}, {c.epochs} epochs, "
               f"data {c.data or '(--data PATH)'}")
 

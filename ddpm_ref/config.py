@@ -9,6 +9,8 @@ Presets (``get_config(name)``; list them with ``PRESETS``):
 - ``celebahq256-fixed`` — the same with the 1000/T-scaled linear schedule (β 2.5e-4→5e-2 at T=400), which reaches
   ᾱ_{T−1} ≈ 4e-5 (Nichol & Dhariwal 2021, §3.2).
 - ``lfw-tiny`` — the CPU model of the demo; see :data:`LFW_TINY_NOTES`.
+- ``lfw-flow`` — lfw-tiny's data, network and optimisation trained by flow matching (``objective="flow"``,
+  :mod:`ddpm_ref.flow`; lesson 9): the network predicts the velocity ε − x0, sampled by Euler or Heun steps.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ class TrainConfig:
     Data: ``data`` is ``"lfw"`` (the faces that ship with scikit-image, train split) or a folder of images;
     ``image_size`` H = W; ``channels`` 1 or 3; ``hflip`` random horizontal flips; ``dataset_repeat`` passes over
     the data per epoch (so tiny datasets get epochs of a useful length); ``num_workers`` DataLoader workers.
-    Model: the :class:`~ddpm_ref.unet.UNet` arguments. Schedule: ``beta_schedule`` (linear, scaled_linear,
+    Model: the :class:`~ddpm_ref.unet.UNet` arguments. ``objective``: "ddpm" (the network predicts ε, loss eq. 14)
+    or "flow" (it predicts the velocity ε − x0 of flow matching, :mod:`ddpm_ref.flow`; the schedule fields are then
+    unused). Schedule: ``beta_schedule`` (linear, scaled_linear,
     cosine), ``T``, ``beta_start``/``beta_end`` (ignored by cosine). Optimisation: AdamW ``lr``,
     ``weight_decay``; ``lr_schedule`` "cosine" (to ``min_lr`` over the run, after ``warmup_steps`` of linear
     warmup) or "constant"; ``grad_clip`` max gradient norm; ``ema_decay`` of the parameter EMA; ``amp`` "auto"
@@ -76,6 +80,7 @@ class TrainConfig:
     attention: bool = True
     num_heads: int = 1
     dropout: float = 0.0
+    objective: str = "ddpm"
     # schedule
     beta_schedule: str = "linear"
     T: int = 400
@@ -122,6 +127,9 @@ class TrainConfig:
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
         if self.beta_schedule not in SCHEDULES:
             raise ValueError(f"beta_schedule must be one of {sorted(SCHEDULES)}, got {self.beta_schedule!r}")
+        if self.objective not in ("ddpm", "flow"):
+            raise ValueError(f"objective must be 'ddpm' (ε-prediction) or 'flow' (flow matching), "
+                             f"got {self.objective!r}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         if self.amp not in ("auto", "off", "fp16", "bf16"):
@@ -200,6 +208,12 @@ PRESETS: dict[str, TrainConfig] = {
     "lfw-tiny": TrainConfig(
         name="lfw-tiny", data="lfw", image_size=24, channels=1, model_channels=(32, 64), num_res_blocks=2,
         attention=True, beta_schedule="cosine", T=300, batch_size=16, lr=1e-3, weight_decay=1e-4,
+        lr_schedule="cosine", warmup_steps=100, grad_clip=1.0, ema_decay=0.995, amp="auto", epochs=40,
+        dataset_repeat=32, milestone_every=20, preview_every=10, preview_n=16, num_workers=0,
+    ),
+    "lfw-flow": TrainConfig(
+        name="lfw-flow", data="lfw", image_size=24, channels=1, model_channels=(32, 64), num_res_blocks=2,
+        attention=True, objective="flow", beta_schedule="cosine", T=300, batch_size=16, lr=1e-3, weight_decay=1e-4,
         lr_schedule="cosine", warmup_steps=100, grad_clip=1.0, ema_decay=0.995, amp="auto", epochs=40,
         dataset_repeat=32, milestone_every=20, preview_every=10, preview_n=16, num_workers=0,
     ),

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .diffusion import ddpm_loss
+from .flow import flow_matching_loss
 from .precision import autocast
 from .schedule import NoiseSchedule
 
@@ -34,11 +35,19 @@ def train_step_stats(
     grad_clip: float = 1.0,
     scaler: torch.amp.GradScaler | None = None,
     amp_dtype: torch.dtype | None = None,
+    objective: str = "ddpm",
 ) -> StepStats:
-    """:func:`train_step` that also reports the gradient norm and whether the step was applied."""
+    """:func:`train_step` that also reports the gradient norm and whether the step was applied.
+
+    ``objective="flow"`` takes the flow-matching loss (:func:`~ddpm_ref.flow.flow_matching_loss`) instead of
+    L_simple; ``schedule`` is then unused.
+    """
     optimizer.zero_grad(set_to_none=True)
     with autocast(x0.device, amp_dtype):
-        loss = ddpm_loss(model, x0, schedule, generator=generator)
+        if objective == "flow":
+            loss = flow_matching_loss(model, x0, generator=generator)
+        else:
+            loss = ddpm_loss(model, x0, schedule, generator=generator)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if scaler is not None:
         scaler.scale(loss).backward()

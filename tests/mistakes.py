@@ -287,6 +287,56 @@ SELF_ATTENTION = _src('''
             return x + self.proj(out)
 ''')
 
+# ------------------------------------------------------------------------------------------------ lesson 9 templates
+# flow matching: data at t = 0, noise at t = 1, velocity ε − x0, network time 1000·t (ddpm_ref.flow.TIME_SCALE)
+
+FLOW_LOSS = _src('''
+    from ddpm_ref.flow import TIME_SCALE
+
+
+    def flow_matching_loss(model, x0, *, t=None, noise=None, generator=None):
+        if t is None:
+            t = torch.rand(x0.shape[0], generator=generator)
+        t = torch.as_tensor(t, dtype=torch.float32).expand(x0.shape[0])
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator)
+        tt = t.view(-1, 1, 1, 1)
+        x_t = (1 - tt) * x0 + tt * noise
+        target = noise - x0
+        return F.mse_loss(model(x_t, TIME_SCALE * t), target)
+''')
+
+EULER_SAMPLE = _src('''
+    from ddpm_ref.flow import TIME_SCALE
+
+
+    @torch.no_grad()
+    def euler_sample(model, shape, *, steps=50, generator=None, device=None, x1=None, progress=True):
+        x = torch.randn(tuple(shape), generator=generator) if x1 is None else x1.clone()
+        for i in range(steps):
+            t, t_next = 1 - i / steps, 1 - (i + 1) / steps
+            v = model(x, torch.full((x.shape[0],), TIME_SCALE * t))
+            x = x + (t_next - t) * v
+        return x
+''')
+
+HEUN_SAMPLE = _src('''
+    from ddpm_ref.flow import TIME_SCALE
+
+
+    @torch.no_grad()
+    def heun_sample(model, shape, *, steps=25, generator=None, device=None, x1=None, progress=True):
+        x = torch.randn(tuple(shape), generator=generator) if x1 is None else x1.clone()
+        for i in range(steps):
+            t, t_next = 1 - i / steps, 1 - (i + 1) / steps
+            h = t_next - t
+            v = model(x, torch.full((x.shape[0],), TIME_SCALE * t))
+            x_pred = x + h * v
+            v_next = model(x_pred, torch.full((x.shape[0],), TIME_SCALE * t_next))
+            x = x + h * (v + v_next) / 2
+        return x
+''')
+
 # ------------------------------------------------------------------------------------------------ mistakes
 
 MISTAKES: list[Mistake] = [
@@ -653,6 +703,70 @@ MISTAKES: list[Mistake] = [
               "t_prev = ts[i + 1] if i + 1 < len(ts) else 0"),
         "not to t = 0",
     ),
+    # ---------------------------------------------------------------- lesson 9 (flow matching)
+    Mistake(
+        "flow_target_sign_flipped", "flow_matching_loss",
+        ("flow_matching_loss_value", "flow_matching_loss_minimised_by_the_exact_velocity"),
+        "regresses x0 − ε: the velocity points from the noise to the data, against d x_t/dt",
+        _edit(FLOW_LOSS, "target = noise - x0", "target = x0 - noise"),
+        "the target has the wrong sign",
+    ),
+    Mistake(
+        "flow_path_endpoints_swapped", "flow_matching_loss",
+        ("flow_matching_loss_value", "flow_matching_loss_calls_the_model_on_the_path",
+         "flow_matching_loss_minimised_by_the_exact_velocity"),
+        "x_t = t·x0 + (1 − t)·ε: the data sit at t = 1 and the noise at t = 0",
+        _edit(FLOW_LOSS, "x_t = (1 - tt) * x0 + tt * noise", "x_t = tt * x0 + (1 - tt) * noise"),
+        "the path endpoints are swapped",
+    ),
+    Mistake(
+        "flow_loss_time_unscaled", "flow_matching_loss",
+        ("flow_matching_loss_value", "flow_matching_loss_calls_the_model_on_the_path",
+         "flow_matching_loss_draws_t_and_noise", "flow_matching_loss_minimised_by_the_exact_velocity"),
+        "trains the network on the time t ∈ [0, 1] while the samplers feed 1000·t",
+        _edit(FLOW_LOSS, "model(x_t, TIME_SCALE * t)", "model(x_t, t)"),
+        "not t itself",
+    ),
+    Mistake(
+        "flow_euler_wrong_time_direction", "euler_sample",
+        ("euler_sample_calls_the_model_on_the_time_grid", "euler_sample_steps", "euler_sample_returns_the_data",
+         "euler_sample_few_steps_match_the_exact_recursion", "euler_sample_two_point_mixture"),
+        "integrates from t = 0 up to t = 1, starting the noise at the data end",
+        _edit(EULER_SAMPLE, "t, t_next = 1 - i / steps, 1 - (i + 1) / steps", "t, t_next = i / steps, (i + 1) / steps"),
+        "wrong time direction",
+    ),
+    Mistake(
+        "flow_euler_step_sign_flipped", "euler_sample",
+        ("euler_sample_steps", "euler_sample_returns_the_data", "euler_sample_few_steps_match_the_exact_recursion",
+         "euler_sample_two_point_mixture"),
+        "steps x ← x + v/steps although t decreases (dt = −1/steps)",
+        _edit(EULER_SAMPLE, "x = x + (t_next - t) * v", "x = x + v / steps"),
+        "wrong sign of the step",
+    ),
+    Mistake(
+        "flow_euler_time_as_step_index", "euler_sample",
+        ("euler_sample_calls_the_model_on_the_time_grid", "euler_sample_steps", "euler_sample_returns_the_data",
+         "euler_sample_few_steps_match_the_exact_recursion", "euler_sample_two_point_mixture"),
+        "feeds the network the loop index, as DDPM's integer timesteps, instead of the 1000·t it was trained on",
+        _edit(EULER_SAMPLE, "torch.full((x.shape[0],), TIME_SCALE * t)", "torch.full((x.shape[0],), steps - 1 - i)"),
+        "not the step index",
+    ),
+    Mistake(
+        "flow_heun_corrector_reuses_old_velocity", "heun_sample",
+        ("heun_sample_steps", "heun_sample_returns_the_data", "heun_sample_few_steps_match_the_exact_recursion"),
+        "the corrector averages the old velocity with itself: two model calls per step for an Euler step",
+        _edit(HEUN_SAMPLE, "x = x + h * (v + v_next) / 2", "x = x + h * (v + v) / 2"),
+        "the corrector used the old velocity twice",
+    ),
+    Mistake(
+        "flow_heun_time_unscaled", "heun_sample",
+        ("heun_sample_calls_the_model", "heun_sample_steps", "heun_sample_returns_the_data",
+         "heun_sample_few_steps_match_the_exact_recursion", "heun_sample_two_point_mixture"),
+        "feeds the network t ∈ [0, 1] while it was trained on 1000·t",
+        _edit(_edit(HEUN_SAMPLE, "torch.full((x.shape[0],), TIME_SCALE * t))", "torch.full((x.shape[0],), t))"),
+              "torch.full((x.shape[0],), TIME_SCALE * t_next)", "torch.full((x.shape[0],), t_next)"),
+        "not t itself",
+    ),
 ]
 
 # ------------------------------------------------------------------------------------------------ correct variants
@@ -822,6 +936,45 @@ ALTERNATIVES: list[Alternative] = [
     ''')),
     Alternative("ddim_step_student", "ddim_step", "the lesson's step", DDIM_STEP),
     Alternative("ddim_sample_student", "ddim_sample", "the lesson's loop", DDIM_SAMPLE),
+    # ---------------------------------------------------------------- lesson 9 (flow matching)
+    Alternative("flow_loss_student", "flow_matching_loss", "the lesson's loss", FLOW_LOSS),
+    Alternative("flow_loss_lerp", "flow_matching_loss", "torch.lerp for the path, the error squared by hand",
+                _src('''
+        def flow_matching_loss(model, x0, *, t=None, noise=None, generator=None):
+            b = x0.shape[0]
+            t = torch.rand(b, generator=generator) if t is None else torch.as_tensor(t).float().reshape(-1).expand(b)
+            eps = torch.randn(x0.shape, generator=generator) if noise is None else noise
+            weight = t[:, None, None, None].expand_as(x0)
+            x_t = torch.lerp(x0, eps, weight)  # x0 + t·(ε − x0)
+            return ((model(x_t, 1000.0 * t) - (eps - x0)) ** 2).mean()
+    ''')),
+    Alternative("flow_euler_sample_student", "euler_sample", "the lesson's loop", EULER_SAMPLE),
+    Alternative("flow_euler_sample_linspace", "euler_sample", "a torch.linspace grid and x -= dt·v", _src('''
+        @torch.no_grad()
+        def euler_sample(model, shape, *, steps=50, generator=None, device=None, x1=None, progress=True):
+            x = x1.clone() if x1 is not None else torch.randn(*shape, generator=generator)
+            grid = torch.linspace(1.0, 0.0, steps + 1)
+            for t, t_next in zip(grid[:-1], grid[1:]):
+                x -= (t - t_next) * model(x, (1000 * t).repeat(x.shape[0]))
+            return x
+    ''')),
+    Alternative("flow_heun_sample_student", "heun_sample", "the lesson's loop", HEUN_SAMPLE),
+    Alternative("flow_heun_sample_linspace", "heun_sample", "a torch.linspace grid, a helper for the velocity",
+                _src('''
+        @torch.no_grad()
+        def heun_sample(model, shape, *, steps=25, generator=None, device=None, x1=None, progress=True):
+            def velocity(x, t):
+                return model(x, torch.full((x.shape[0],), 1000.0 * float(t)))
+
+            x = x1.clone() if x1 is not None else torch.randn(*shape, generator=generator)
+            grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+            for t, t_next in zip(grid[:-1].tolist(), grid[1:].tolist()):
+                dt = t_next - t
+                k1 = velocity(x, t)
+                k2 = velocity(x + dt * k1, t_next)
+                x = x + 0.5 * dt * k1 + 0.5 * dt * k2
+            return x
+    ''')),
 ]
 
 

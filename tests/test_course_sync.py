@@ -30,6 +30,7 @@ COURSE: dict[str, tuple[str, ...]] = {
     "05_sampling": ("p_sample", "sample"),
     "06_reconstruction": ("reconstruct", "psnr", "ssim"),
     "07_ddim": ("ddim_step", "ddim_sample"),
+    "09_flow_matching": ("flow_matching_loss", "euler_sample", "heun_sample"),
 }
 
 SETUP = """%matplotlib inline
