@@ -5,12 +5,12 @@
     python data_scripts/demo_quality.py train --steps 1680 [--set KEY=VALUE ...] [--ema 0.99,0.999] [--noclip]
 
 ``train`` trains the lfw-tiny preset (with the overrides) for exactly ``--steps`` optimizer steps, the cosine LR
-ending at the last step as in the demo, then samples 90 faces (ancestral DDPM, all T steps, seed 0) from the
-preset's EMA and from each extra EMA decay tracked alongside during the same run (``--ema``), and from the raw
-weights, with x̂0 clipped (and without, ``--noclip``). Every line: MS-SWD ×10³ against the 90 training faces and
-against the 10 held-out faces, the brightness gap (1-D W1 of per-image means against the training faces) and the
-std of the per-image means (training faces: 0.15). Lines are appended to ``--csv``. Load (``os.getloadavg``) is
-printed with every line: on a shared CPU the seconds are only comparable at the same load.
+ending at the last step as in the demo, then samples ``DQ_SAMPLES`` (default 48) faces (ancestral DDPM, all T
+steps, seed 0) from the preset's EMA, from each extra EMA decay tracked alongside during the same run (``--ema``)
+and from the raw weights, x̂0 clipped (and the preset's EMA unclipped, ``--noclip``). Every line: MS-SWD ×10³
+against the 90 training and against the 10 held-out faces, the brightness gap (1-D W1 of per-image means against
+the training faces) and the std of the per-image means (training faces: 0.15), appended to ``--csv``. The load
+average is printed with every line: on a shared CPU the seconds are comparable only at the same load.
 """
 
 from __future__ import annotations
