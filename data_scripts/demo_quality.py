@@ -40,7 +40,9 @@ N_SAMPLES = int(os.environ.get("DQ_SAMPLES", 48))  # 90 costs ~2 CPU-minutes per
 
 def score(name: str, x: torch.Tensor, out_csv: Path, extra: dict[str, object]) -> None:
     train, test = lfw_faces("train"), lfw_faces("test")
-    row = {"name": name, **extra,
+    lo, hi = float(x.min()), float(x.max())
+    x = x.clamp(-1, 1)  # unclipped chains can leave [-1, 1] (by 1000× when x0-hat is ill-conditioned): say so
+    row = {"name": name, **extra, "range": f"[{lo:.3g}, {hi:.3g}]",
            "msswd_train": round(ms_swd(x, train).mean, 2), "msswd_test": round(ms_swd(x, test).mean, 2),
            "brightness_gap": round(brightness_gap(x, train), 4),
            "brightness_std": round(float(mean_brightness(x).std()), 4),
