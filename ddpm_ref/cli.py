@@ -106,11 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=5)
     p.add_argument("--data", default=None, help="images to use (default: the checkpoint's data; lfw: test split)")
 
-    p = sub.add_parser("evaluate", help="PSNR/SSIM against t_start (fixed protocol), FID/KID if possible")
+    p = sub.add_parser("evaluate", help="PSNR/SSIM against t_start, MS-SWD of samples (fixed protocol), FID/KID if "
+                       "possible")
     ckpt_args(p)
     p.add_argument("--t-start", type=_int_list, default=None, help="comma-separated (default T/8,T/4,T/2,3T/4)")
     p.add_argument("--n", type=int, default=10, help="number of images (default 10)")
     p.add_argument("--data", default=None, help="images to score (default: the checkpoint's data)")
+    p.add_argument("--samples", type=int, default=None, help="samples scored by MS-SWD against the real sets "
+                   "(default 90 up to 64 px, else 0: skipped)")
     p.add_argument("--fid-samples", type=int, default=0, help="also FID/KID over this many samples (needs "
                    "torchmetrics and local Inception weights)")
 
@@ -268,15 +271,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     out = _run_dir(args.ckpt, args.out)
     device = _device(args.device)
     res = run_evaluate(args.ckpt, out, t_starts=args.t_start, n=args.n, seed=args.seed, use_ema=not args.raw,
-                       data=args.data, fid_samples=args.fid_samples, device=device)
-    print(f"{res['protocol']['images']}; {res['protocol']['weights']} weights of step {res['protocol']['step']}")
-    for t, (p, s) in sorted(res["means"].items()):
-        print(f"  t_start={t:4d}: PSNR {p:6.2f} dB  SSIM {s:.3f}")
-    if "fid_kid" in res["protocol"]:
-        print(f"  {res['protocol']['fid_kid']}")
-    elif args.fid_samples > 0:
-        print(res["fid_kid_message"])
-    print(f"wrote {res['csv']}, {res['plot']}, {out / 'evaluate_protocol.json'}")
+                       data=args.data, n_samples=args.samples, fid_samples=args.fid_samples, device=device)
+    print(f"{res.protocol['images']}; {res.protocol['weights']} weights of step {res.protocol['step']}")
+    for line in res.lines():
+        print(line)
+    if isinstance(res.protocol.get("quality"), str):
+        print(f"MS-SWD {res.protocol['quality']}")
+    print("wrote " + ", ".join(str(p) for p in res.files.values()))
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:

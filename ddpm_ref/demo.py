@@ -8,7 +8,11 @@ the whole demo takes about 4 minutes (3.5 of them training). Everything lands in
     reverse_process.png    x_t → x_0 for 6 of the samples
     loss.png, losses.csv   training loss and learning rate per epoch
     reconstruction.png     held-out faces noised to several t_start and denoised, with PSNR/SSIM
-    evaluate.csv, evaluate.png   PSNR/SSIM per t_start (the evaluate protocol)
+    evaluate.csv, evaluate.png   PSNR/SSIM per t_start (the evaluate protocol, :func:`ddpm_ref.evaluate.evaluate`)
+    quality.csv, quality.png     MS-SWD ×10³ and brightness gap of the samples against the 10 held-out and the 90
+                                 training faces, beside the yardstick (real vs real, blurred faces, noise)
+    brightness.png         histograms of per-image mean brightness: samples against the real faces
+    evaluate_protocol.json how those figures were measured
     target.png, reconstructed.png, generated/   the seed run's file names
     checkpoints/ckpt_latest.pt
 """
@@ -24,11 +28,10 @@ import torch
 
 from .config import TrainConfig, build_model, build_schedule, get_config
 from .data import lfw_faces
-from .evaluate import default_t_starts, evaluate_reconstruction, write_eval_csv
+from .evaluate import SampleQuality, default_t_starts, evaluate
 from .perf import cpu_amp
 from .plots import (
     auto_scale,
-    plot_eval,
     save_grid,
     save_images,
     save_reconstruction_figure,
@@ -51,6 +54,7 @@ class DemoResult:
     wall_s: float
     scores: dict[int, tuple[float, float]]  # t_start → (mean PSNR dB, mean SSIM)
     nearest_mse: float  # mean over samples of the MSE to the nearest training face ([-1, 1] scale)
+    quality: SampleQuality | None = None  # MS-SWD and brightness gap of the samples, with the yardstick
     files: dict[str, Path] = field(default_factory=dict)
 
 
@@ -211,13 +215,13 @@ def run_demo(
 
     test = lfw_faces("test", cfg.image_size)
     t_starts = default_t_starts(cfg.T)
-    per_image, noised, recon = evaluate_reconstruction(model, schedule, test, t_starts, seed=seed)
-    scores = {t: (sum(p) / len(p), sum(s) / len(s)) for t, (p, s) in per_image.items()}
+    ev = evaluate(model, schedule, test, t_starts, samples=x, references={"held-out": test, "training": train_faces},
+                  seed=seed, info={"checkpoint": str(ckpt), "step": result.step, "weights": "ema",
+                                   "images": "LFW held-out test split (scikit-image lfw_subset), 10 faces"})
+    noised, recon, scores = ev.noised, ev.recon, ev.means
     files["reconstruction"] = save_reconstruction_figure(test, noised, recon, scores, out / "reconstruction.png",
                                                          scale=scale)
-    files["evaluate_csv"] = write_eval_csv(per_image, out / "evaluate.csv")
-    files["evaluate_plot"] = plot_eval(files["evaluate_csv"], out / "evaluate.png",
-                                       title="lfw-tiny: reconstruction of 10 held-out faces")
+    files.update(ev.write(out, title=f"lfw-tiny, {result.step} steps"))
     t_seed = t_starts[-1]
     files["target"] = save_grid(test, out / "target.png", nrow=10, scale=scale)
     files["reconstructed"] = save_grid(recon[t_seed], out / "reconstructed.png", nrow=10, scale=scale)
@@ -227,13 +231,12 @@ def run_demo(
     log("")
     log(f"demo finished in {wall:.0f} s ({result.elapsed_s:.0f} s training, {result.step} steps, "
         f"final loss {result.final_loss:.4f})")
-    log("reconstruction of 10 held-out faces (mean PSNR / SSIM):")
-    for t in t_starts:
-        log(f"  t_start={t:4d}: {scores[t][0]:5.2f} dB / {scores[t][1]:.3f}")
+    for line in ev.lines():
+        log(line)
     log(f"samples vs nearest training face: mean per-pixel MSE {float(nearest_mse.mean()):.4f} "
         "(see nearest_train.png)")
     log("files:")
     width = max(len(k) for k in files)
     for key, path in files.items():
         log(f"  {key:<{width}}  {path}")
-    return DemoResult(out, result, wall, scores, float(nearest_mse.mean()), files)
+    return DemoResult(out, result, wall, scores, float(nearest_mse.mean()), ev.quality, files)

@@ -1,4 +1,12 @@
-"""The evaluation protocol: reconstruction PSNR/SSIM against t_start, and FID/KID where Inception weights exist.
+"""The evaluation protocol: reconstruction PSNR/SSIM against t_start, sample quality (MS-SWD with its yardstick and
+the brightness gap), and FID/KID where Inception weights exist. One function, :func:`evaluate`, runs it for the
+command line, the demo and the Kaggle notebook; its :class:`Evaluation` prints itself (``lines()``) and writes
+one set of files (``write(out_dir)``)::
+
+    evaluate.csv, evaluate.png     PSNR/SSIM (mean ± std over the images) against t_start
+    quality.csv, quality.png       MS-SWD ×10³ (per level and mean) and brightness gap of each set vs each reference
+    brightness.png                 histograms of per-image mean brightness: samples against the real sets
+    evaluate_protocol.json         how the figures were measured
 
 Protocol (written next to the results as ``evaluate_protocol.json``):
 
@@ -10,30 +18,45 @@ Protocol (written next to the results as ``evaluate_protocol.json``):
 - PSNR and SSIM from :mod:`ddpm_ref.metrics`: [−1, 1] mapped to [0, 1], data range 1, SSIM with a 7×7 window;
 - t_start list: ⌊T/8⌋, ⌊T/4⌋, ⌊T/2⌋, ⌊3T/4⌋ unless given.
 
+- sample quality (:func:`sample_quality`): the samples against each real reference set (LFW: the 10 held-out and
+  the 90 training faces; a folder: its first ``n`` images and the next ``n``) with
+  :func:`ddpm_ref.metrics.ms_swd` (seed ``seed``) and :func:`ddpm_ref.metrics.brightness_gap`, printed beside
+  the yardstick: real against real (held-out vs training), and two deliberately bad sets (the held-out images
+  blurred with a Gaussian of σ = size/16 px, uniform noise) against the same references.
+
 FID/KID need torchmetrics and the Inception weights torchmetrics uses (a file in torch's hub cache). Nothing is
 downloaded: when either is missing, the result says so and why.
 """
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision.transforms.functional as TF
 from torch import Tensor, nn
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import TrainConfig
 from .data import ImageFolderDataset, lfw_faces
-from .metrics import psnr_per_image, ssim_per_image
-from .plots import plot_eval
+from .metrics import MSSWD, brightness_gap, mean_brightness, ms_swd, psnr_per_image, ssim_per_image
+from .plots import plot_brightness, plot_eval, plot_quality
 from .samplers import reconstruct, sample
 from .schedule import NoiseSchedule
 
 __all__ = [
+    "QualityRow",
+    "SampleQuality",
+    "sample_quality",
+    "reference_sets",
+    "Evaluation",
+    "evaluate",
     "default_t_starts",
     "evaluation_images",
     "evaluate_reconstruction",
@@ -104,6 +127,207 @@ def write_eval_csv(scores: dict[int, tuple[list[float], list[float]]], path: str
     return path
 
 
+@dataclass
+class QualityRow:
+    """One line of the quality table: ``images`` (a set) scored against ``reference`` (a real set)."""
+
+    images: str
+    reference: str
+    n_images: int
+    n_reference: int
+    msswd: MSSWD
+    brightness_gap: float  # 1-D W1 between per-image mean brightness, [−1, 1] units
+    brightness_std: float  # std of the per-image means of ``images``
+
+
+@dataclass
+class SampleQuality:
+    """Samples and the yardstick sets against each real reference (:func:`sample_quality`)."""
+
+    rows: list[QualityRow]
+    brightness: dict[str, Tensor]  # set name → per-image mean brightness [N] (samples and the references)
+    seed: int
+
+    def row(self, images: str, reference: str) -> QualityRow:
+        for r in self.rows:
+            if r.images == images and r.reference == reference:
+                return r
+        raise KeyError(f"no row for {images!r} against {reference!r}")
+
+    def lines(self) -> list[str]:
+        """The table as text: one line per (set, reference), samples first, then the yardstick."""
+        width = max(len(r.images) for r in self.rows)
+        out = [f"MS-SWD ×1e3 (Karras et al. 2018; mean over levels, then per level) and brightness gap "
+               f"(seed {self.seed}):"]
+        ref = None
+        for r in self.rows:
+            if r.reference != ref:
+                ref = r.reference
+                out.append(f"  against {ref} ({r.n_reference} images):")
+            levels = " ".join(f"{res}px {d:6.1f}" for res, d in r.msswd.levels)
+            out.append(f"    {r.images:<{width}} (n={r.n_images:3d})  MS-SWD {r.msswd.mean:6.1f}  [{levels}]  "
+                       f"brightness gap {r.brightness_gap:.3f} (std of means {r.brightness_std:.3f})")
+        return out
+
+    def write_csv(self, path: str | Path) -> Path:
+        """quality.csv: images, reference, n_images, n_reference, msswd_mean, msswd_<res>px…, brightness_gap,
+        brightness_std."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        res = [r for r, _ in self.rows[0].msswd.levels]
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["images", "reference", "n_images", "n_reference", "msswd_mean",
+                        *[f"msswd_{r}px" for r in res], "brightness_gap", "brightness_std"])
+            for r in self.rows:
+                w.writerow([r.images, r.reference, r.n_images, r.n_reference, f"{r.msswd.mean:.3f}",
+                            *[f"{d:.3f}" for _, d in r.msswd.levels], f"{r.brightness_gap:.5f}",
+                            f"{r.brightness_std:.5f}"])
+        return path
+
+
+def _yardstick_sets(held_out: Tensor, n_noise: int, seed: int) -> dict[str, Tensor]:
+    """The deliberately bad sets: the held-out images blurred (σ = size/16 px), and uniform noise."""
+    sigma = held_out.shape[-1] / 16
+    k = 2 * int(3 * sigma) + 1
+    g = torch.Generator().manual_seed(seed + 7)
+    noise = torch.rand((max(n_noise, 2), *held_out.shape[1:]), generator=g) * 2 - 1
+    return {"blurred held-out": TF.gaussian_blur(held_out, k, sigma).clamp(-1, 1), "pure noise": noise}
+
+
+def sample_quality(samples: Tensor, references: dict[str, Tensor], *, seed: int = 0) -> SampleQuality:
+    """Score samples [N, C, H, W] in [−1, 1] against each real reference set, beside the yardstick.
+
+    ``references`` is ordered: the first is the held-out set, the second (if any) the training set. Rows: the
+    samples against every reference; the first reference against the second (real vs real, the best a model can
+    hope for); the first reference blurred, and uniform noise, against every reference (where a failed model sits).
+    """
+    if not references:
+        raise ValueError("sample_quality needs at least one real reference set")
+    names = list(references)
+    held = references[names[0]].float().cpu()
+    samples = samples.float().cpu()
+    candidates: list[tuple[str, Tensor, list[str]]] = [("samples", samples, names)]
+    if len(names) > 1:
+        candidates.append((f"{names[0]} real", held, names[1:]))
+    candidates += [(k, v, names) for k, v in _yardstick_sets(held, samples.shape[0], seed).items()]
+    rows = []
+    for ref in names:
+        r = references[ref].float().cpu()
+        for label, x, against in candidates:
+            if ref in against:
+                rows.append(QualityRow(label, ref, x.shape[0], r.shape[0], ms_swd(x, r, seed=seed),
+                                       brightness_gap(x, r), float(mean_brightness(x).std(unbiased=False))))
+    brightness = {"samples": mean_brightness(samples), **{k: mean_brightness(v) for k, v in references.items()}}
+    return SampleQuality(rows, brightness, seed)
+
+
+def reference_sets(config: TrainConfig, n: int = 10, data: str | None = None) -> dict[str, Tensor]:
+    """The real sets samples are scored against: LFW → {"held-out": 10 test faces, "training": 90 train faces};
+    a folder → {"real": its first ``n`` images, "more real": the next ``n``}."""
+    source = data if data is not None else config.data
+    if source == "lfw":
+        return {"held-out": lfw_faces("test", config.image_size)[:n], "training": lfw_faces("train", config.image_size)}
+    first, _ = evaluation_images(config, 2 * n, data)
+    refs = {"real": first[:n]}
+    if first.shape[0] >= n + 2:
+        refs["more real"] = first[n:]
+    return refs
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` measured: reconstruction per t_start, sample quality, protocol; writes its files."""
+
+    scores: dict[int, tuple[list[float], list[float]]]  # t_start → (PSNR per image, SSIM per image)
+    noised: dict[int, Tensor]
+    recon: dict[int, Tensor]
+    quality: SampleQuality | None
+    protocol: dict[str, Any]
+    fid_kid_message: str = ""
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def means(self) -> dict[int, tuple[float, float]]:
+        """t_start → (mean PSNR dB, mean SSIM)."""
+        return {t: (sum(p) / len(p), sum(s) / len(s)) for t, (p, s) in self.scores.items()}
+
+    def lines(self) -> list[str]:
+        n = len(next(iter(self.scores.values()))[0]) if self.scores else 0
+        out = [f"reconstruction of {n} images (mean PSNR / SSIM):"]
+        out += [f"  t_start={t:4d}: PSNR {p:6.2f} dB  SSIM {s:.3f}" for t, (p, s) in sorted(self.means.items())]
+        if self.quality is not None:
+            out += self.quality.lines()
+        if "fid_kid" in self.protocol:
+            out.append(f"FID/KID: {self.protocol['fid_kid']}")
+        elif self.fid_kid_message:
+            out.append(self.fid_kid_message)
+        return out
+
+    def write(self, out_dir: str | Path, *, title: str = "") -> dict[str, Path]:
+        """evaluate.csv/.png, quality.csv/.png and brightness.png (when samples were scored), evaluate_protocol.json."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        files: dict[str, Path] = {}
+        n = len(next(iter(self.scores.values()))[0]) if self.scores else 0
+        if self.scores:
+            files["evaluate_csv"] = write_eval_csv(self.scores, out / "evaluate.csv")
+            files["evaluate_plot"] = plot_eval(files["evaluate_csv"], out / "evaluate.png",
+                                               title=f"{title}: reconstruction of {n} images" if title else
+                                               f"reconstruction of {n} images")
+        if self.quality is not None:
+            files["quality_csv"] = self.quality.write_csv(out / "quality.csv")
+            files["quality_plot"] = plot_quality(self.quality.rows, out / "quality.png", title=title)
+            files["brightness_plot"] = plot_brightness(self.quality.brightness, out / "brightness.png", title=title)
+        files["protocol"] = out / "evaluate_protocol.json"
+        files["protocol"].write_text(json.dumps(self.protocol, indent=2) + "\n")
+        self.files.update(files)
+        return files
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    schedule: NoiseSchedule,
+    images: Tensor,
+    t_starts: Sequence[int],
+    *,
+    samples: Tensor | None = None,
+    references: dict[str, Tensor] | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    info: dict[str, Any] | None = None,
+) -> Evaluation:
+    """The protocol (module docs): reconstruct ``images`` [N, C, H, W] from each t_start and score PSNR/SSIM; score
+    ``samples`` against ``references`` (:func:`sample_quality`) when both are given. ``info`` (checkpoint, step,
+    where the images came from) goes into the protocol record."""
+    ts = sorted({int(t) for t in t_starts})
+    bad = [t for t in ts if not 0 <= t < schedule.T]
+    if bad:
+        raise ValueError(f"t_start values {bad} are outside 0…{schedule.T - 1} (this model has T={schedule.T})")
+    scores, noised, recon = evaluate_reconstruction(model, schedule, images, ts, seed=seed, progress=progress)
+    quality = sample_quality(samples, references, seed=seed) if samples is not None and references else None
+    protocol = {
+        **(info or {}), "seed": seed, "n_images": int(images.shape[0]), "t_start": ts, "T": schedule.T,
+        "sampler": "ancestral DDPM (Algorithm 2), x0 clipped to [-1, 1], posterior variance; one fixed noise per "
+                   "image, reused at every t_start",
+        "metrics": "skimage PSNR and SSIM (7x7), images mapped from [-1, 1] to [0, 1], data_range=1",
+    }
+    if quality is not None:
+        protocol["quality"] = {
+            "metric": "ddpm_ref.metrics.ms_swd: Laplacian pyramid to 16 px (24 px images: 24, 12), 128 random 7x7 "
+                      "neighbourhoods per image per level, per-set channel normalisation, 4x128 random "
+                      "directions, x1e3 (Karras et al. 2018); brightness gap: 1-D W1 of per-image means",
+            "n_samples": int(samples.shape[0]),
+            "references": {k: int(v.shape[0]) for k, v in references.items()},
+            "rows": [{"images": r.images, "reference": r.reference, "msswd_mean": r.msswd.mean,
+                      "msswd_levels": {f"{res}px": d for res, d in r.msswd.levels},
+                      "brightness_gap": r.brightness_gap, "brightness_std": r.brightness_std}
+                     for r in quality.rows],
+        }
+    return Evaluation(scores, noised, recon, quality, protocol)
+
+
 def fid_kid_status() -> tuple[bool, str]:
     """(available, reason): torchmetrics importable and its Inception weights already in torch's hub cache."""
     if importlib.util.find_spec("torchmetrics") is None:
@@ -151,11 +375,16 @@ def run_evaluate(
     seed: int = 0,
     use_ema: bool = True,
     data: str | None = None,
+    n_samples: int | None = None,
     fid_samples: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = False,
-) -> dict[str, Any]:
-    """Run the protocol on a checkpoint; write evaluate.csv, evaluate.png, evaluate_protocol.json in ``out_dir``."""
+) -> Evaluation:
+    """Run the protocol on a checkpoint and write its files in ``out_dir`` (:meth:`Evaluation.write`).
+
+    ``n_samples`` images are sampled for the quality table (default: 90 for images up to 64 px, else none: a
+    256-px chain is for a GPU); 0 skips it.
+    """
     blob = load_checkpoint(ckpt)
     model, schedule, config = model_from_checkpoint(blob, ema=use_ema, device=device)
     ts = sorted({int(t) for t in (t_starts or default_t_starts(config.T))})
@@ -163,22 +392,25 @@ def run_evaluate(
     if bad:
         raise ValueError(f"t_start values {bad} are outside 0…{config.T - 1} (this model has T={config.T})")
     x0, source = evaluation_images(config, n, data)
-    per_image, _, recon = evaluate_reconstruction(model, schedule, x0, ts, seed=seed, progress=progress)
-    out = Path(out_dir)
-    csv_path = write_eval_csv(per_image, out / "evaluate.csv")
-    plot = plot_eval(csv_path, out / "evaluate.png", title=f"{config.name}: reconstruction of {x0.shape[0]} images")
-    protocol = {
-        "checkpoint": str(blob["path"]), "step": int(blob.get("step", 0)), "weights": "ema" if use_ema else "raw",
-        "seed": seed, "images": source, "n_images": int(x0.shape[0]), "t_start": ts, "T": config.T,
-        "sampler": "ancestral DDPM (Algorithm 2), x0 clipped to [-1, 1], posterior variance",
-        "metrics": "skimage PSNR and SSIM (7x7), images mapped from [-1, 1] to [0, 1], data_range=1",
-    }
+    if n_samples is None:
+        n_samples = 90 if config.image_size <= 64 else 0
+    samples = refs = None
+    if n_samples > 0:
+        refs = reference_sets(config, n, data)
+        g = torch.Generator(device=device).manual_seed(seed)
+        shape = (n_samples, config.channels, config.image_size, config.image_size)
+        samples = sample(model, schedule, shape, generator=g, device=device, progress=progress).cpu()
+    info = {"checkpoint": str(blob["path"]), "step": int(blob.get("step", 0)), "weights": "ema" if use_ema else "raw",
+            "images": source}
+    result = evaluate(model, schedule, x0, ts, samples=samples, references=refs, seed=seed, progress=progress,
+                      info=info)
     ok, message = fid_kid_status()
+    result.fid_kid_message = message if fid_samples > 0 else ""
     if fid_samples > 0:
         if ok:
-            protocol["fid_kid"] = fid_kid(model, schedule, x0, fid_samples, seed=seed)
-        protocol["fid_kid_note"] = message
-    (out / "evaluate_protocol.json").write_text(json.dumps(protocol, indent=2) + "\n")
-    means = {t: (sum(p) / len(p), sum(s) / len(s)) for t, (p, s) in per_image.items()}
-    return {"csv": csv_path, "plot": plot, "protocol": protocol, "means": means, "fid_kid_message": message,
-            "reconstructions": recon}
+            result.protocol["fid_kid"] = fid_kid(model, schedule, x0, fid_samples, seed=seed)
+        result.protocol["fid_kid_note"] = message
+    if n_samples <= 0:
+        result.protocol["quality"] = "skipped: no samples (pass --samples N)"
+    result.write(out_dir, title=config.name)
+    return result

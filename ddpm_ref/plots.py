@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -32,6 +33,8 @@ __all__ = [
     "save_reconstruction_figure",
     "plot_losses",
     "plot_eval",
+    "plot_quality",
+    "plot_brightness",
     "read_csv",
 ]
 
@@ -178,3 +181,42 @@ def _save_figure(fig: matplotlib.figure.Figure, png_path: str | Path) -> Path:
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
     return png_path
+
+
+def plot_quality(rows: Sequence[Any], png_path: str | Path, *, title: str = "") -> Path:
+    """MS-SWD ×10³ (mean over levels) of each set against each reference, as horizontal bars; one panel per
+    reference. ``rows`` are :class:`ddpm_ref.evaluate.QualityRow` (``images``, ``reference``, ``msswd.mean``)."""
+    refs = list(dict.fromkeys(r.reference for r in rows))
+    fig, axes = plt.subplots(1, len(refs), figsize=(4.2 * len(refs), 2.8), squeeze=False)
+    colors = {"samples": "tab:blue", "blurred held-out": "tab:orange", "pure noise": "tab:gray"}
+    for ax, ref in zip(axes[0], refs, strict=True):
+        sel = [r for r in rows if r.reference == ref]
+        vals = [r.msswd.mean for r in sel]
+        ax.barh(range(len(sel)), vals, color=[colors.get(r.images, "tab:green") for r in sel])
+        ax.set_yticks(range(len(sel)), [f"{r.images} (n={r.n_images})" for r in sel], fontsize=8)
+        ax.invert_yaxis()
+        for i, v in enumerate(vals):
+            ax.text(v, i, f" {v:.1f}", va="center", fontsize=8)
+        ax.set_xlim(0, max(vals) * 1.25)
+        ax.set_xlabel("MS-SWD ×1e3 (lower is closer)", fontsize=8)
+        ax.set_title(f"against {ref} (n={sel[0].n_reference})", fontsize=9)
+    fig.suptitle(f"{title}: multi-scale sliced Wasserstein distance" if title else
+                 "multi-scale sliced Wasserstein distance", fontsize=10)
+    return _save_figure(fig, png_path)
+
+
+def plot_brightness(means: Mapping[str, Tensor], png_path: str | Path, *, title: str = "") -> Path:
+    """Histograms (densities) of per-image mean brightness, [−1, 1] units, one outline per set."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    bins = torch.linspace(-1, 1, 41).tolist()
+    for name, m in means.items():
+        v = m.detach().cpu().double()
+        ax.hist(v.tolist(), bins=bins, density=True, histtype="step", lw=1.6,
+                label=f"{name} (n={v.numel()}, mean {v.mean():.2f}, std {v.std(unbiased=False):.2f})")
+    ax.set_xlabel("per-image mean brightness ([−1, 1])")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{title}: brightness of samples and real images" if title else
+                 "brightness of samples and real images", fontsize=10)
+    return _save_figure(fig, png_path)

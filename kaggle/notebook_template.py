@@ -22,8 +22,9 @@
 # | `generated/` | 5 faces generated from pure noise |
 # | `reverse_strips.png` | the reverse process of those 5 faces, x_T → x_0 |
 # | `target.png`, `reconstructed.png`, `reconstruction.png` | a face, its reconstruction from t = 300, and all 5 |
-# | `metrics.csv`, `metrics_vs_tstart.csv`, `psnr_ssim_vs_tstart.png` | PSNR/SSIM at t = 300 and against t_start |
-# | `metrics_protocol.json` | how those figures were measured (checkpoint, images, seed, sampler, metrics) |
+# | `metrics.csv`, `evaluate.csv`, `evaluate.png` | PSNR/SSIM at t = 300 (per image) and against t_start |
+# | `quality.csv`, `quality.png`, `brightness.png` | MS-SWD at 256 px per level, brightness: 100 samples vs real faces |
+# | `evaluate_protocol.json` | how those figures were measured (checkpoint, images, seed, sampler, metrics) |
 #
 # **Interrupted or out of time?** Kaggle ends a session after 12 hours. Training stops by itself before that
 # (section 2, `TIME_BUDGET_H`), saves, and the rest of the notebook runs on the weights so far. Run the notebook
@@ -112,6 +113,7 @@ DATA_DIR = ""  # "": search /kaggle/input (the seed's path first)
 T_START = 300  # reconstruction: noise the target to t = T_START, then denoise
 T_STARTS = (50, 100, 150, 200, 250, 300, 350)  # the PSNR/SSIM-against-t_start sweep
 N_IMAGES = 5  # generated faces, reverse strips and reconstruction targets
+QUALITY_SAMPLES = 100  # faces sampled for MS-SWD against as many real faces (section 11; 0: skip)
 SEED = 0
 CONFIG_OVERRIDES: dict = {}  # any TrainConfig field, e.g. {"epochs": 40}
 
@@ -123,6 +125,7 @@ DATA_DIR = kg.env_value("DATA_DIR", DATA_DIR)
 T_START = kg.env_value("T_START", T_START)
 T_STARTS = kg.env_value("T_STARTS", T_STARTS)
 N_IMAGES = kg.env_value("N_IMAGES", N_IMAGES)
+QUALITY_SAMPLES = kg.env_value("QUALITY_SAMPLES", QUALITY_SAMPLES)
 SEED = kg.env_value("SEED", SEED)
 CONFIG_OVERRIDES = {**CONFIG_OVERRIDES, **kg.env_value("CONFIG_OVERRIDES", {})}
 
@@ -409,39 +412,57 @@ kg.show_image(save_reverse_strip(frames, samples, WORK_DIR / "reverse_strips.png
 # trains on every image, so they were seen in training.
 
 # %%
-from ddpm_ref.evaluate import evaluate_reconstruction, evaluation_images
+from ddpm_ref.evaluate import evaluate, evaluation_images, reference_sets
 from ddpm_ref.plots import save_image, save_reconstruction_figure
 
 targets, target_source = evaluation_images(run_config, N_IMAGES, data=str(DATA_DIR))
-scores, noised, recon = evaluate_reconstruction(ema_model, schedule, targets, [T_START], seed=SEED, progress=True)
-psnrs, ssims = scores[T_START]
+quality_samples = references = None
+if QUALITY_SAMPLES > 0:  # for section 11's MS-SWD: more samples, in batches of 25
+    g = torch.Generator(DEVICE).manual_seed(SEED + 1)
+    t0 = time.perf_counter()
+    with autocast(DEVICE, AMP_DTYPE):
+        quality_samples = torch.cat([
+            sample(ema_model, schedule, (min(25, QUALITY_SAMPLES - i), *shape[1:]), generator=g, progress=False).cpu()
+            for i in range(0, QUALITY_SAMPLES, 25)]).float()
+    references = reference_sets(run_config, QUALITY_SAMPLES, data=str(DATA_DIR))
+    print(f"{QUALITY_SAMPLES} more samples for MS-SWD in {time.perf_counter() - t0:.0f} s")
+# the evaluation protocol of `python -m ddpm_ref evaluate` and the demo: one function, one set of files
+ev = evaluate(ema_model, schedule, targets, sorted({T_START, *T_STARTS}), samples=quality_samples,
+              references=references, seed=SEED, progress=True,
+              info={"checkpoint": str(CKPT["path"]), "step": int(CKPT["step"]), "epoch": int(CKPT["epoch"]),
+                    "weights": "ema, fp32", "images": target_source})
+noised, recon = ev.noised, ev.recon
+psnrs, ssims = ev.scores[T_START]
 save_image(targets[0], WORK_DIR / "target.png")
 save_image(recon[T_START][0], WORK_DIR / "reconstructed.png")
 print(f"targets: {target_source}; x_t keeps √ᾱ = {schedule.sqrt_alpha_bars[T_START].item():.3f} of each at "
       f"t_start = {T_START}\nimage 0: PSNR {psnrs[0]:.2f} dB, SSIM {ssims[0]:.3f} → target.png, reconstructed.png")
-kg.show_image(save_reconstruction_figure(targets, noised, recon,
-                                         {T_START: (float(np.mean(psnrs)), float(np.mean(ssims)))},
-                                         WORK_DIR / "reconstruction.png"))
+kg.show_image(save_reconstruction_figure(targets, {T_START: noised[T_START]}, {T_START: recon[T_START]},
+                                         {T_START: ev.means[T_START]}, WORK_DIR / "reconstruction.png"))
 
 # %% [markdown]
-# ## 11 · PSNR and SSIM
+# ## 11 · PSNR and SSIM, and sample quality (MS-SWD)
 #
-# **Protocol** (`ddpm_ref.evaluate`, the same as `python -m ddpm_ref evaluate`): the EMA weights of
-# `ckpt_latest.pt` in fp32; the 5 targets of section 10; each target is noised with one fixed ε drawn from a
-# generator seeded `SEED`, reused at every t_start, and the reverse chain is full ancestral sampling (posterior
-# variance β̃_t, x̂₀ clipped to [−1, 1]); images are mapped from [−1, 1] to [0, 1] and scored with data range 1 by
-# `skimage.metrics` (PSNR; SSIM with a 7×7 window per channel); mean and population standard deviation over the
-# 5 images. The protocol is also written to `metrics_protocol.json`.
+# **Protocol** (`ddpm_ref.evaluate.evaluate`, the same function as `python -m ddpm_ref evaluate` and the demo):
+# the EMA weights of `ckpt_latest.pt` in fp32; the 5 targets of section 10; each target is noised with one fixed
+# ε drawn from a generator seeded `SEED`, reused at every t_start, and the reverse chain is full ancestral sampling
+# (posterior variance β̃_t, x̂₀ clipped to [−1, 1]); images are mapped from [−1, 1] to [0, 1] and scored with data
+# range 1 by `skimage.metrics` (PSNR; SSIM with a 7×7 window per channel); mean and population standard deviation
+# over the 5 images. The protocol is also written to `evaluate_protocol.json`.
 #
 # The seed reported PSNR ≈ 22–26 dB and SSIM ≈ 0.65–0.80 at t = 250–300. Those are the seed's figures, printed for
 # comparison; this cell measures this run's.
+#
+# **Sample quality**: the multi-scale sliced Wasserstein distance of Karras et al. 2018 (`ddpm_ref.metrics.ms_swd`):
+# Laplacian pyramid at 256, 128, 64, 32 and 16 px, 128 random 7×7 neighbourhoods per image per level, sliced
+# Wasserstein distance ×10³ per level and their mean, between `QUALITY_SAMPLES` samples and as many real faces
+# (the first images of the dataset in sorted path order; "more real" are the next ones), beside the yardstick:
+# real against real (the floor at this set size), and blurred real faces and pure noise (where a failed model sits).
+# The paper's Table 1 reports figures for CelebA at 128² over 16,384 images per side — a different set, size and
+# sample count, so they are not comparable with these; compare this run's row with its own yardstick.
 
 # %%
 import csv
-import json
-
-from ddpm_ref.evaluate import write_eval_csv
-from ddpm_ref.plots import plot_eval
 
 with open(WORK_DIR / "metrics.csv", "w", newline="") as f:
     w = csv.writer(f)
@@ -455,23 +476,16 @@ for i, (p, s) in enumerate(zip(psnrs, ssims, strict=True)):
     print(f"{i:>6} {p:>10.2f} {s:>7.3f}")
 print(f"{'mean':>6} {np.mean(psnrs):>10.2f} {np.mean(ssims):>7.3f}   (± {np.std(psnrs):.2f} dB, ± {np.std(ssims):.3f})")
 print("the seed's documented figures, for comparison: PSNR ~22–26 dB, SSIM ~0.65–0.80 at t = 300\n")
-
-rest = [t for t in T_STARTS if t != T_START]
-more, _, _ = evaluate_reconstruction(ema_model, schedule, targets, rest, seed=SEED, progress=True)
-sweep = {**more, T_START: scores[T_START]} if T_START in T_STARTS else more
-for t_s in sorted(sweep):
-    p, s = sweep[t_s]
+for t_s, (p, s) in sorted(ev.scores.items()):
     print(f"t_start {t_s:4d}: PSNR {np.mean(p):6.2f} ± {np.std(p):.2f} dB   SSIM {np.mean(s):.3f} ± {np.std(s):.3f}")
-csv_sweep = write_eval_csv(sweep, WORK_DIR / "metrics_vs_tstart.csv")
-protocol = {
-    "checkpoint": CKPT["path"], "step": int(CKPT["step"]), "epoch": int(CKPT["epoch"]), "weights": "ema, fp32",
-    "images": target_source, "n_images": N_IMAGES, "seed": SEED, "t_start": sorted(sweep), "T": schedule.T,
-    "sampler": "ancestral DDPM (Algorithm 2), x0 clipped to [-1, 1], posterior variance; one fixed noise per image",
-    "metrics": "skimage PSNR and SSIM (7x7), images mapped from [-1, 1] to [0, 1], data_range=1",
-}
-(WORK_DIR / "metrics_protocol.json").write_text(json.dumps(protocol, indent=2) + "\n")
-kg.show_image(plot_eval(csv_sweep, WORK_DIR / "psnr_ssim_vs_tstart.png",
-                        title=f"reconstruction of {N_IMAGES} images against t_start (EMA, step {CKPT['step']})"))
+if ev.quality is not None:
+    print("\n" + "\n".join(ev.quality.lines()))
+else:
+    print("\nMS-SWD skipped: QUALITY_SAMPLES = 0")
+files = ev.write(WORK_DIR, title=f"{run_config.name}, step {CKPT['step']}")
+for key in ("evaluate_plot", "quality_plot", "brightness_plot"):
+    if key in files:
+        kg.show_image(files[key])
 
 # %% [markdown]
 # ## 12 · Loss and learning-rate curves from `losses.csv`
@@ -495,8 +509,9 @@ else:
 
 # %%
 expected = ["checkpoints/ckpt_latest.pt", "losses.csv", "loss.png", "target.png", "reconstructed.png",
-            "reconstruction.png", "reverse_strips.png", "metrics.csv", "metrics_vs_tstart.csv",
-            "metrics_protocol.json", "psnr_ssim_vs_tstart.png",
+            "reconstruction.png", "reverse_strips.png", "metrics.csv", "evaluate.csv", "evaluate.png",
+            "evaluate_protocol.json",
+            *(["quality.csv", "quality.png", "brightness.png"] if QUALITY_SAMPLES > 0 else []),
             *[f"generated/sample_{i:03d}.png" for i in range(N_IMAGES)]]
 if run_config.milestone_every > 0:
     expected += [f"checkpoints/ckpt_epoch_{m:03d}.pt"

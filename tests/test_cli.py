@@ -88,6 +88,13 @@ def test_sample_reconstruct_evaluate_export(run_dir: Path, tmp_path: Path, capsy
     protocol = json.loads((run_dir / "evaluate_protocol.json").read_text())
     assert protocol["weights"] == "ema" and protocol["n_images"] == 5 and protocol["t_start"] == [2, 5, 10, 15]
     assert "FID/KID" in printed  # computed, or a clear reason why not
+    with open(run_dir / "quality.csv", newline="") as f:  # 90 samples (24 px) against the real sets
+        quality = {(r["images"], r["reference"]): r for r in csv.DictReader(f)}
+    assert int(quality["samples", "held-out"]["n_images"]) == 90
+    assert int(quality["samples", "training"]["n_reference"]) == 90
+    assert ("held-out real", "training") in quality and ("pure noise", "held-out") in quality
+    assert "MS-SWD" in printed and "brightness gap" in printed
+    assert (run_dir / "quality.png").is_file() and (run_dir / "brightness.png").is_file()
 
     small = tmp_path / "small.pt"
     assert main(["export", "--ckpt", ckpt, "--out", str(small)]) == 0

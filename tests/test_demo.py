@@ -24,6 +24,7 @@ def test_demo_writes_every_output_says_where_and_starts_from_scratch(tmp_path: P
         assert [r["step"] for r in csv.DictReader(f)] == ["3", "6", "9"]
     for name in ("samples.png", "nearest_train.png", "reverse_process.png", "loss.png", "losses.csv",
                  "reconstruction.png", "evaluate.csv", "evaluate.png", "target.png", "reconstructed.png",
+                 "quality.csv", "quality.png", "brightness.png", "evaluate_protocol.json",
                  "checkpoints/ckpt_latest.pt", "generated/sample_000.png", "generated/sample_004.png"):
         assert (out / name).is_file(), name
     with Image.open(out / "samples.png") as im:  # 6 columns of 24 px faces enlarged ×4, 2 px padding
@@ -37,6 +38,16 @@ def test_demo_writes_every_output_says_where_and_starts_from_scratch(tmp_path: P
     for t in default_t_starts(40):
         assert f"t_start={t:4d}" in text
     assert 0 <= res.nearest_mse < 4
+    # the samples against the 10 held-out and the 90 training faces, beside the yardstick
+    with open(out / "quality.csv", newline="") as f:
+        quality = {(r["images"], r["reference"]): r for r in csv.DictReader(f)}
+    assert {k for k in quality if k[0] == "samples"} == {("samples", "held-out"), ("samples", "training")}
+    assert int(quality["samples", "held-out"]["n_reference"]) == 10
+    assert int(quality["samples", "training"]["n_images"]) == 12
+    real = float(quality["held-out real", "training"]["msswd_mean"])
+    assert real < float(quality["pure noise", "training"]["msswd_mean"])
+    assert res.quality is not None and res.quality.row("samples", "training").msswd.mean > 0
+    assert "MS-SWD" in text and "brightness gap" in text
 
 
 def test_calibration_scales_with_the_budget():

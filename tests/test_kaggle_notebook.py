@@ -123,15 +123,16 @@ def test_every_seed_output_appears_with_its_name(full_run: dict) -> None:
     work = full_run["work"]
     for name in ["checkpoints/ckpt_latest.pt", "checkpoints/ckpt_epoch_010.pt", "checkpoints/ckpt_epoch_020.pt",
                  "losses.csv", "loss.png", "target.png", "reconstructed.png", "reconstruction.png",
-                 "reverse_strips.png", "metrics.csv", "metrics_vs_tstart.csv", "metrics_protocol.json",
-                 "psnr_ssim_vs_tstart.png", "previews/epoch_0001.png", "previews/epoch_0020.png"]:
+                 "reverse_strips.png", "metrics.csv", "evaluate.csv", "evaluate_protocol.json",
+                 "evaluate.png", "quality.csv", "quality.png", "brightness.png", "previews/epoch_0001.png",
+                 "previews/epoch_0020.png"]:
         assert (work / name).is_file(), f"{name} missing from the working dir"
     generated = sorted(p.name for p in (work / "generated").iterdir())
     assert generated == [f"sample_{i:03d}.png" for i in range(5)]
     for name in ["generated/sample_000.png", "target.png", "reconstructed.png"]:
         with Image.open(work / name) as im:
             assert im.size == (32, 32) and im.mode == "RGB"
-    assert "all 19 expected outputs are present" in full_run["text"]
+    assert "all 22 expected outputs are present" in full_run["text"]
 
 
 def test_logs_and_metrics_tables(full_run: dict) -> None:
@@ -146,14 +147,18 @@ def test_logs_and_metrics_tables(full_run: dict) -> None:
     assert {m["t_start"] for m in metrics} == {"15"}
     mean_psnr = sum(float(m["psnr_db"]) for m in metrics[:5]) / 5
     assert abs(float(metrics[-1]["psnr_db"]) - mean_psnr) < 1e-3
-    with open(work / "metrics_vs_tstart.csv", newline="") as f:
+    with open(work / "evaluate.csv", newline="") as f:
         sweep = list(csv.DictReader(f))
     assert [int(r["t_start"]) for r in sweep] == [5, 10, 15]
     assert all(int(r["n_images"]) == 5 for r in sweep)
     # the t_start = 15 row of the sweep is the metrics table's mean: one protocol
     assert abs(float(sweep[-1]["psnr_mean"]) - float(metrics[-1]["psnr_db"])) < 1e-3
-    protocol = json.loads((work / "metrics_protocol.json").read_text())
+    protocol = json.loads((work / "evaluate_protocol.json").read_text())
     assert protocol["step"] == 20 and protocol["t_start"] == [5, 10, 15] and protocol["n_images"] == 5
+    with open(work / "quality.csv", newline="") as f:  # MS-SWD of the samples against the real faces
+        quality = {(r["images"], r["reference"]): r for r in csv.DictReader(f)}
+    assert int(quality["samples", "real"]["n_images"]) == 100 and "msswd_32px" in quality["samples", "real"]
+    assert ("pure noise", "real") in quality
 
 
 def test_checkpoint_is_unwrapped_and_weights_only_loadable(full_run: dict) -> None:
