@@ -43,6 +43,7 @@ EXERCISES: tuple[str, ...] = (
     "p_sample", "sample",  # lesson 5
     "reconstruct", "psnr", "ssim",  # lesson 6
     "ddim_step", "ddim_sample",  # lesson 7
+    "LabelEmbedding", "drop_labels", "guided_eps", "cfg_sample",  # lesson 8
 )
 
 #: exercise name → list of check functions, in definition order
