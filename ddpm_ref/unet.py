@@ -175,6 +175,7 @@ class UNet(nn.Module):
         time_emb_dim: int | None = None,
         groups: int = 32,
         dropout: float = 0.0,
+        *,
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
