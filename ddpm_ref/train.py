@@ -40,10 +40,11 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CKPT_FORMAT, atomic_save, capture_rng_state, load_checkpoint, load_weights, restore_rng_state
 from .config import TrainConfig, build_model, build_schedule
-from .data import ImageFolderDataset, lfw_faces
+from .data import ImageFolderDataset, digits, lfw_faces
 from .diffusion import ddpm_loss
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, cleanup_distributed, init_distributed
 from .ema import ema_state, load_ema_state, make_ema, unwrap
+from .guidance import conditional_ddpm_loss, drop_labels
 from .precision import autocast, needs_grad_scaler, resolve_amp_dtype
 from .samplers import sample
 from .schedule import NoiseSchedule
@@ -89,11 +90,18 @@ def train_step_stats(
     grad_clip: float = 1.0,
     scaler: torch.amp.GradScaler | None = None,
     amp_dtype: torch.dtype | None = None,
+    labels: Tensor | None = None,
 ) -> StepStats:
-    """:func:`train_step` that also reports the gradient norm and whether the step was applied."""
+    """:func:`train_step` that also reports the gradient norm and whether the step was applied.
+
+    ``labels`` [B] (already dropped to ∅ where wanted) train a class-conditional model ε_θ(x_t, t, c) instead.
+    """
     optimizer.zero_grad(set_to_none=True)
     with autocast(x0.device, amp_dtype):
-        loss = ddpm_loss(model, x0, schedule, generator=generator)
+        if labels is None:
+            loss = ddpm_loss(model, x0, schedule, generator=generator)
+        else:
+            loss = conditional_ddpm_loss(model, x0, labels, schedule, generator=generator)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -157,11 +165,29 @@ class _Images(Dataset):
         return (item[0] if isinstance(item, (tuple, list)) else item), 0
 
 
+class _LabelledImages(Dataset):
+    """Items (image [C, H, W], 0, label) of labelled images, repeated ``repeat`` times (class-conditional runs)."""
+
+    def __init__(self, images: Tensor, labels: Tensor, repeat: int = 1) -> None:
+        self.images, self.labels, self.repeat = images, labels, repeat
+
+    def __len__(self) -> int:
+        return len(self.images) * self.repeat
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, Tensor]:
+        i %= len(self.images)
+        return self.images[i], 0, self.labels[i]
+
+
 def build_dataset(config: TrainConfig) -> Dataset | Tensor:
     """The training images of a config: the LFW train split (``data="lfw"``) or an :class:`ImageFolderDataset`.
 
     Flips are not done here: the trainer flips whole batches with its own seeded generator (exact resume).
     """
+    if config.data == "digits":
+        if config.channels != 1:
+            raise ValueError("the digits are grayscale: use channels=1 with data=digits")
+        return digits("train", size=config.image_size)[0]
     if config.data == "lfw":
         if config.channels != 1:
             raise ValueError("the LFW faces are grayscale: use channels=1 with data=lfw")
@@ -294,7 +320,12 @@ class Trainer:
             if base.ndim != 4 or base.shape[1] != config.channels or base.shape[-1] != config.image_size:
                 raise ValueError(f"dataset tensor must be [N, {config.channels}, {config.image_size}, "
                                  f"{config.image_size}], got {tuple(base.shape)}")
-        self.data = _Images(base, config.dataset_repeat)
+        self.data: Dataset = _Images(base, config.dataset_repeat)
+        if config.num_classes:  # class-conditional: the digits with their labels (classifier-free guidance)
+            if config.data != "digits" or dataset is not None:
+                raise ValueError("num_classes > 0 needs labelled data: data=digits (and no dataset= tensor)")
+            images, labels = digits("train", size=config.image_size)
+            self.data = _LabelledImages(images, labels, config.dataset_repeat)
         ws = self.dist.world_size
         if config.batch_size % ws:
             raise ValueError(f"batch_size {config.batch_size} must be divisible by the {ws} processes")
@@ -539,10 +570,14 @@ class Trainer:
             epoch_images = 0
             steps_bar = tqdm(total=self.steps_per_epoch, initial=self.epoch_step, desc=f"epoch {self.epoch + 1}",
                              leave=False, disable=not self.progress, dynamic_ncols=True)
-            for x, n_bad in self.loader:
+            for x, n_bad, *label in self.loader:
+                labels = None
+                if label:  # class-conditional: label dropout to ∅ with probability p_uncond (Ho & Salimans 2022)
+                    labels = drop_labels(label[0].to(self.device), c.p_uncond, c.num_classes,
+                                         generator=self.generator)
                 stats = train_step_stats(self.model, self.optimizer, self._batch(x), self.schedule,
                                          generator=self.generator, grad_clip=c.grad_clip, scaler=self.scaler,
-                                         amp_dtype=self.amp_dtype)
+                                         amp_dtype=self.amp_dtype, labels=labels)
                 if stats.applied:
                     self.ema.update_parameters(self.net)
                 self.lr_scheduler.step()

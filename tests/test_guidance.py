@@ -578,3 +578,37 @@ def test_digits() -> None:
     assert sorted(set(y.tolist())) == list(range(10)) and sorted(set(yt.tolist())) == list(range(10))
     big, _ = R.digits("all", size=16)
     assert big.shape == (1797, 1, 16, 16)
+
+
+def test_cli_trains_and_samples_the_digits_preset(tmp_path) -> None:
+    """``train --preset digits-cfg`` trains a conditional model; ``sample --label --guidance`` guides it."""
+    from ddpm_ref.checkpoint import model_from_checkpoint
+    from ddpm_ref.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "digits-cfg", "--max-steps", "3", "--out", str(out), "--no-progress"]) == 0
+    model, schedule, config = model_from_checkpoint(out / "checkpoints" / "ckpt_latest.pt")
+    assert model.num_classes == 10 and config.p_uncond == 0.1 and schedule.T == 200
+    assert main(["sample", "--ckpt", str(out), "--label", "3", "--guidance", "2", "--n", "2", "--sampler", "ddim",
+                 "--steps", "4"]) == 0
+    assert len(list((out / "generated").glob("sample_*.png"))) == 2
+    assert main(["sample", "--ckpt", str(out), "--label", "10", "--n", "2"]) == 2  # not a class
+
+
+def test_trainer_drops_labels_at_p_uncond(tmp_path) -> None:
+    """The conditional Trainer passes labels dropped to ∅ at rate p_uncond to the model."""
+    from ddpm_ref.config import get_config
+    from ddpm_ref.train import Trainer
+
+    seen: list[Tensor] = []
+    trainer = Trainer(get_config("digits-cfg", max_steps=4), tmp_path, progress=False, write_outputs=False)
+    forward = trainer.model.forward
+
+    def spy(x, t, labels=None):
+        seen.append(labels.clone())
+        return forward(x, t, labels)
+
+    trainer.model.forward = spy
+    trainer.fit()
+    labels = torch.cat(seen)
+    assert labels.shape == (4 * 64,) and 0 < int((labels == 10).sum()) < 0.3 * len(labels)
