@@ -612,3 +612,4 @@ def test_trainer_drops_labels_at_p_uncond(tmp_path) -> None:
     trainer.fit()
     labels = torch.cat(seen)
     assert labels.shape == (4 * 64,) and 0 < int((labels == 10).sum()) < 0.3 * len(labels)
+
