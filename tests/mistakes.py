@@ -891,8 +891,8 @@ MISTAKES += [
             "labels dropped at sampling time too (as in training)",
             _edit(CFG_SAMPLE, "    x = torch.randn(tuple(shape), generator=generator) if x_T is None else x_T\n",
                   "    x = torch.randn(tuple(shape), generator=generator) if x_T is None else x_T\n"
-                  "    labels = drop_labels(labels, 0.1, model.num_classes if null_label is None else null_label,\n"
-                  "                         generator=generator)\n"),
+                  "    null = model.num_classes if null_label is None else null_label\n"
+                  "    labels = torch.where(torch.rand(labels.shape, generator=generator) < 0.1, null, labels)\n"),
             "labels are dropped only in training, never at sampling time"),
     Mistake("cfg_sample_guides_x0", "cfg_sample", ("cfg_sample_guides_the_noise_estimate",),
             "guidance applied to x̂0 with the ε formula, after clipping each x̂0",
