@@ -1,11 +1,20 @@
 """ddpm_ref: the reference DDPM of the course (Ho et al. 2020), in plain PyTorch.
 
-Layers, each importing only those before it: schedule → diffusion → samplers → flow → unet → metrics.
+Layers, each importing only those before it: schedule → diffusion → samplers → flow → guidance → unet → metrics.
 Timesteps are 0-based (t ∈ {0, …, T−1}); images are [B, C, H, W] in [−1, 1].
 """
 
 from .diffusion import ddpm_loss, predict_eps, predict_x0, q_posterior, q_sample
 from .flow import GaussianMixtureVelocity, euler_sample, flow_matching_loss, heun_sample
+from .guidance import (
+    GuidedModel,
+    LabelledGaussianMixtureOracle,
+    cfg_sample,
+    cfg_train_step,
+    conditional_ddpm_loss,
+    drop_labels,
+    guided_eps,
+)
 from .metrics import psnr, ssim
 from .oracle import GaussianMixtureOracle
 from .samplers import ddim_sample, ddim_step, ddim_timesteps, p_sample, p_sample_loop, reconstruct, sample
@@ -16,18 +25,24 @@ from .schedule import (
     make_betas,
     scaled_linear_beta_schedule,
 )
-from .unet import ResBlock, SelfAttention, SinusoidalTimeEmbedding, UNet
+from .unet import LabelEmbedding, ResBlock, SelfAttention, SinusoidalTimeEmbedding, UNet
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GaussianMixtureOracle",
     "GaussianMixtureVelocity",
+    "GuidedModel",
+    "LabelEmbedding",
+    "LabelledGaussianMixtureOracle",
     "NoiseSchedule",
     "ResBlock",
     "SelfAttention",
     "SinusoidalTimeEmbedding",
     "UNet",
+    "cfg_sample",
+    "cfg_train_step",
+    "conditional_ddpm_loss",
     "cosine_beta_schedule",
     "ddim_sample",
     "ddim_step",
@@ -36,6 +51,8 @@ __all__ = [
     "euler_sample",
     "flow_matching_loss",
     "heun_sample",
+    "drop_labels",
+    "guided_eps",
     "linear_beta_schedule",
     "make_betas",
     "p_sample",
@@ -54,7 +71,7 @@ __all__ = [
 # Training engine, data and checkpoints: data → (config, ema, checkpoint) → train.
 from .checkpoint import load_pretrained_lfw_tiny, model_from_checkpoint  # noqa: E402
 from .config import PRESETS, TrainConfig, get_config  # noqa: E402
-from .data import ImageFolderDataset, lfw_faces, synthetic_faces  # noqa: E402
+from .data import ImageFolderDataset, digits, lfw_faces, synthetic_faces  # noqa: E402
 from .train import Trainer, TrainResult, train_step  # noqa: E402
 
 __all__ += [
@@ -63,6 +80,7 @@ __all__ += [
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "digits",
     "get_config",
     "lfw_faces",
     "load_pretrained_lfw_tiny",

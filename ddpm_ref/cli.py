@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps of ddim (default 50), euler (default 50) or heun (default 25; 2 network calls each)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM η (ddim only)")
     p.add_argument("--strip", action="store_true", help="also write reverse_process.png")
+    p.add_argument("--label", type=_int_list, default=None, metavar="C[,C…]",
+                   help="class-conditional models: the class(es) to generate, repeated over the --n images")
+    p.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="classifier-free guidance scale w (0 unconditional, 1 conditional, >1 guided; default 3 "
+                        "with --label)")
 
     p = sub.add_parser("reconstruct", help="noise images to t_start and denoise them back")
     ckpt_args(p)
@@ -214,6 +219,21 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         raise UsageError("--steps must be >= 1")
     args.sampler = sampler
     t0 = time.perf_counter()
+    if args.label is not None or args.guidance is not None:  # classifier-free guidance (Ho & Salimans 2022)
+        from .guidance import GuidedModel
+
+        k = getattr(model, "num_classes", None)
+        if not k:
+            raise UsageError("--label/--guidance need a class-conditional model (trained with --num-classes, e.g. "
+                             "--preset digits-cfg); this checkpoint is unconditional")
+        if args.label is None or not args.label:
+            raise UsageError(f"--guidance needs --label C (a class in 0…{k - 1})")
+        if min(args.label) < 0 or max(args.label) >= k:
+            raise UsageError(f"--label must be classes in 0…{k - 1}, got {args.label}")
+        labels = torch.tensor(args.label, device=device).repeat(-(-args.n // len(args.label)))[: args.n]
+        w = 3.0 if args.guidance is None else args.guidance
+        model = GuidedModel(model, labels, w)
+        print(f"guiding towards class(es) {args.label} with w = {w:g}")
     if flow:
         from .flow import euler_sample, heun_sample
 

@@ -7,6 +7,8 @@ forward process of Ho et al. (2020, §3.3) assumes.
   of that set are non-faces and are never used), with a fixed 90/10 train/test split. No download.
 - :class:`ImageFolderDataset` — every .jpg/.jpeg/.png/.webp under a folder tree: resize + center crop, optional
   random horizontal flip, RGB or grayscale. Unreadable files are skipped with a warning and counted.
+- :func:`digits` — scikit-learn's bundled handwritten digits (1,797 labelled 8×8 images, ten classes), with a fixed
+  train/test split: the labelled data of the guidance lesson. No download.
 - :func:`synthetic_faces` — deterministic cartoon faces (seeded, any size) for RGB tests with no data at all.
 """
 
@@ -36,6 +38,8 @@ __all__ = [
     "find_images",
     "synthetic_faces",
     "to_uint8_image",
+    "digits",
+    "DIGITS_TEST_SIZE",
 ]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp")
@@ -44,6 +48,7 @@ LFW_TEST_SIZE = 10
 LFW_SPLIT_SEED = 0
 
 Split = Literal["train", "test", "all"]
+DIGITS_TEST_SIZE = 297  # of 1797: 1500 to train on
 
 
 def lfw_split_indices(split: Split) -> list[int]:
@@ -230,3 +235,33 @@ def to_uint8_image(x: Tensor) -> np.ndarray:
     a = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return a[0].numpy() if a.shape[0] == 1 else a.permute(1, 2, 0).numpy()
 
+
+
+def digits(split: Split = "train", size: int = 8) -> tuple[Tensor, Tensor]:
+    """scikit-learn's handwritten digits (``sklearn.datasets.load_digits``): images and labels. No download.
+
+    Returns (images float32 [N, 1, size, size] in [−1, 1], labels LongTensor [N] in 0…9). The originals are 8×8
+    with 17 grey levels (0…16, ink bright), mapped linearly to [−1, 1]; ``size`` ≠ 8 resizes them bilinearly.
+    A fixed permutation (seed 0) puts 297 images in ``test`` and 1500 in ``train``; ``all`` is the 1797 in the
+    original order.
+    """
+    if not isinstance(size, int) or size < 4:
+        raise ValueError(f"size must be an int >= 4 (pixels), got {size!r}")
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.from_numpy(np.asarray(bunch.images, dtype=np.float32)).unsqueeze(1) / 16.0  # [1797, 1, 8, 8] in [0, 1]
+    y = torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    if split == "test":
+        idx = perm[:DIGITS_TEST_SIZE].sort().values
+    elif split == "train":
+        idx = perm[DIGITS_TEST_SIZE:].sort().values
+    elif split == "all":
+        idx = torch.arange(len(y))
+    else:
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    x, y = x[idx], y[idx]
+    if size != 8:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < 8)
+    return (x * 2.0 - 1.0).clamp(-1.0, 1.0).contiguous(), y.contiguous()

@@ -50,6 +50,10 @@ class GaussianMixtureOracle(nn.Module):
         self.register_buffer("weights", weights / weights.sum())
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.eps_given_log_weights(x, t, self.weights.to(x.device).log()[None])
+
+    def eps_given_log_weights(self, x: Tensor, t: Tensor, log_weights: Tensor) -> Tensor:
+        """ε* for the mixture re-weighted per sample: ``log_weights`` [B, K] or [1, K] (−inf drops a component)."""
         xd = x.to(torch.float64)
         b = x.shape[0]
         ab = self.schedule.alpha_bars.to(x.device)[t.to(x.device)].reshape(b, 1)  # [B, 1]
@@ -59,7 +63,7 @@ class GaussianMixtureOracle(nn.Module):
         v = ab * self.stds.to(x.device)[None] ** 2 + 1 - ab  # [B, K]
         diff = flat - ab.sqrt()[..., None] * mu  # [B, K, D]
         d = flat.shape[-1]
-        logp = -0.5 * (diff**2).sum(-1) / v - 0.5 * d * v.log() + self.weights.to(x.device).log()[None]
+        logp = -0.5 * (diff**2).sum(-1) / v - 0.5 * d * v.log() + log_weights.to(x.device, torch.float64)
         r = torch.softmax(logp, dim=1)  # [B, K]
         eps = ((r / v)[..., None] * diff).sum(1) * (1 - ab).sqrt()  # [B, D]
         return eps.reshape(x.shape).to(x.dtype)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .diffusion import ddpm_loss
 from .flow import flow_matching_loss
+from .guidance import conditional_ddpm_loss
 from .precision import autocast
 from .schedule import NoiseSchedule
 
@@ -36,16 +37,20 @@ def train_step_stats(
     scaler: torch.amp.GradScaler | None = None,
     amp_dtype: torch.dtype | None = None,
     objective: str = "ddpm",
+    labels: Tensor | None = None,
 ) -> StepStats:
     """:func:`train_step` that also reports the gradient norm and whether the step was applied.
 
     ``objective="flow"`` takes the flow-matching loss (:func:`~ddpm_ref.flow.flow_matching_loss`) instead of
-    L_simple; ``schedule`` is then unused.
+    L_simple; ``schedule`` is then unused. ``labels`` [B] (already dropped to ∅ where wanted) train a
+    class-conditional model ε_θ(x_t, t, c) instead.
     """
     optimizer.zero_grad(set_to_none=True)
     with autocast(x0.device, amp_dtype):
         if objective == "flow":
             loss = flow_matching_loss(model, x0, generator=generator)
+        elif labels is not None:
+            loss = conditional_ddpm_loss(model, x0, labels, schedule, generator=generator)
         else:
             loss = ddpm_loss(model, x0, schedule, generator=generator)
     params = [p for group in optimizer.param_groups for p in group["params"]]

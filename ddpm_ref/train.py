@@ -47,16 +47,17 @@ from .checkpoint import (
     resume_check,
 )
 from .config import TrainConfig, build_model, build_schedule
-from .data import ImageFolderDataset, uint8_to_unit
+from .data import ImageFolderDataset, digits, uint8_to_unit
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, cleanup_distributed, init_distributed
 from .ema import ema_state, load_ema_state, make_ema, unwrap
 from .flow import heun_sample
+from .guidance import drop_labels
 from .perf import resolve_device
 from .precision import autocast, resolve_amp_dtype
 from .progress import progress_bar
 from .samplers import sample
 from .step import StepStats, train_step, train_step_stats
-from .train_data import ResumableSampler, TrainImages, build_dataset
+from .train_data import LabelledImages, ResumableSampler, TrainImages, build_dataset
 from .train_log import LOSS_COLUMNS, Callback, TrainResult, append_loss_log, truncate_loss_log
 
 __all__ = [
@@ -160,7 +161,12 @@ class Trainer:
             if base.ndim != 4 or base.shape[1] != config.channels or base.shape[-1] != config.image_size:
                 raise ValueError(f"dataset tensor must be [N, {config.channels}, {config.image_size}, "
                                  f"{config.image_size}], got {tuple(base.shape)}")
-        self.data = TrainImages(base, config.dataset_repeat)
+        self.data: Dataset = TrainImages(base, config.dataset_repeat)
+        if config.num_classes:  # class-conditional: the digits with their labels (classifier-free guidance)
+            if config.data != "digits" or dataset is not None:
+                raise ValueError("num_classes > 0 needs labelled data: data=digits (and no dataset= tensor)")
+            images, labels = digits("train", size=config.image_size)
+            self.data = LabelledImages(images, labels, config.dataset_repeat)
         ws = self.dist.world_size
         if config.batch_size % ws:
             raise ValueError(f"batch_size {config.batch_size} must be divisible by the {ws} processes")
@@ -402,8 +408,8 @@ class Trainer:
         t0, images, stopped = time.monotonic(), 0, None
         bar = progress_bar(total=self.steps_per_epoch, initial=self.epoch_step, desc=f"epoch {self.epoch + 1}",
                            leave=False, disable=not self.progress, dynamic_ncols=True)
-        for x, n_bad in self.loader:
-            stats = self.run_step(x, skipped=int(n_bad.sum()))
+        for x, n_bad, *label in self.loader:
+            stats = self.run_step(x, skipped=int(n_bad.sum()), labels=label[0] if label else None)
             images += x.shape[0] * self.dist.world_size
             self._after_step(stats, bar)
             stopped = self._stop_reason()
@@ -417,13 +423,16 @@ class Trainer:
         self._epochs_bar.update(1)
         return stopped or ("epochs" if self.epoch >= self.config.epochs else None)
 
-    def run_step(self, x: Tensor, skipped: int = 0) -> StepStats:
+    def run_step(self, x: Tensor, skipped: int = 0, labels: Tensor | None = None) -> StepStats:
         """One optimizer step on a loader batch x [B, C, H, W] (Algorithm 1): flip, L_simple step (AMP, clip,
-        skip if non-finite), EMA update, LR schedule, counters. ``skipped``: unreadable images behind the batch."""
+        skip if non-finite), EMA update, LR schedule, counters. ``skipped``: unreadable images behind the batch;
+        ``labels`` [B]: the classes of a class-conditional run, dropped to ∅ with probability ``p_uncond``."""
         c = self.config
+        if labels is not None:  # label dropout (classifier-free guidance, Ho & Salimans 2022)
+            labels = drop_labels(labels.to(self.device), c.p_uncond, c.num_classes, generator=self.generator)
         stats = train_step_stats(self.model, self.optimizer, self._batch(x), self.schedule, generator=self.generator,
                                  grad_clip=c.grad_clip, scaler=self.scaler, amp_dtype=self.amp_dtype,
-                                 objective=c.objective)
+                                 objective=c.objective, labels=labels)
         if stats.applied:
             self.ema.update_parameters(self.net)
         self.lr_scheduler.step()

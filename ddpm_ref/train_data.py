@@ -9,9 +9,9 @@ from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler
 
 from .config import TrainConfig
-from .data import ImageFolderDataset, lfw_faces
+from .data import ImageFolderDataset, digits, lfw_faces
 
-__all__ = ["TrainImages", "build_dataset", "ResumableSampler"]
+__all__ = ["TrainImages", "LabelledImages", "build_dataset", "ResumableSampler"]
 
 
 class TrainImages(Dataset):
@@ -39,11 +39,30 @@ class TrainImages(Dataset):
         return (item[0] if isinstance(item, (tuple, list)) else item), 0
 
 
+class LabelledImages(Dataset):
+    """Items (image [C, H, W], 0, label) of labelled images, repeated ``repeat`` times (class-conditional runs)."""
+
+    def __init__(self, images: Tensor, labels: Tensor, repeat: int = 1) -> None:
+        self.images, self.labels, self.repeat = images, labels, repeat
+
+    def __len__(self) -> int:
+        return len(self.images) * self.repeat
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, Tensor]:
+        i %= len(self.images)
+        return self.images[i], 0, self.labels[i]
+
+
 def build_dataset(config: TrainConfig) -> Dataset | Tensor:
-    """The training images of a config: the LFW train split (``data="lfw"``) or an :class:`ImageFolderDataset`.
+    """The training images of a config: the LFW train split (``data="lfw"``), scikit-learn's digits
+    (``data="digits"``) or an :class:`ImageFolderDataset`.
 
     Flips are not done here: the trainer flips whole batches with its own seeded generator (exact resume).
     """
+    if config.data == "digits":
+        if config.channels != 1:
+            raise ValueError("the digits are grayscale: use channels=1 with data=digits")
+        return digits("train", size=config.image_size)[0]
     if config.data == "lfw":
         if config.channels != 1:
             raise ValueError("the LFW faces are grayscale: use channels=1 with data=lfw")

@@ -4,6 +4,8 @@ Defaults are the seed model for 3×256×256 images: conv 3→64; encoder ResBloc
 each level followed by a stride-2 conv downsample; bottleneck ResBlock → self-attention → ResBlock at 32×32;
 decoder upsample → ResBlock×2 with skip concatenation at 256, 128, 64; GroupNorm → SiLU → conv 3×3.
 Time t goes through a sinusoidal embedding and a 2-layer MLP into every ResBlock as AdaGN.
+With ``num_classes`` the network is class-conditional, ε_θ(x_t, t, c): a learned embedding of the label c (with one
+extra row, index ``num_classes``, for the null label ∅) is added to the time embedding (Ho & Salimans 2022).
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SinusoidalTimeEmbedding", "ResBlock", "SelfAttention", "Downsample", "Upsample", "UNet", "group_norm"]
+__all__ = [
+    "SinusoidalTimeEmbedding", "LabelEmbedding", "ResBlock", "SelfAttention", "Downsample", "Upsample", "UNet",
+    "group_norm",
+]
 
 
 def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
@@ -45,6 +50,33 @@ class SinusoidalTimeEmbedding(nn.Module):
     def forward(self, t: Tensor) -> Tensor:
         args = t.float()[:, None] * self.freqs[None, :]
         return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+
+
+class LabelEmbedding(nn.Module):
+    """A learned vector per class label, plus one for the null label ∅ (classifier-free guidance).
+
+    labels LongTensor [B] with values in {0, …, num_classes} → [B, dim]; ``num_classes`` itself is the null label
+    ∅ (``null_label``), the "no label" that label dropout trains (Ho & Salimans 2022, §3.2). A table of
+    num_classes + 1 rows (``nn.Embedding``); the UNet adds the result to its time embedding.
+    """
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.null_label = num_classes
+        self.embedding = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, labels: Tensor) -> Tensor:
+        labels = torch.as_tensor(labels, device=self.embedding.weight.device)
+        if labels.dtype not in (torch.int64, torch.int32) or labels.ndim != 1:
+            raise ValueError(f"labels must be a LongTensor [B], got dtype {labels.dtype} and shape "
+                             f"{tuple(labels.shape)}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > self.num_classes):
+            raise ValueError(f"labels must be in 0…{self.num_classes} ({self.num_classes} = the null label), got "
+                             f"values from {int(labels.min())} to {int(labels.max())}")
+        return self.embedding(labels)
 
 
 class ResBlock(nn.Module):
@@ -125,6 +157,11 @@ class UNet(nn.Module):
     2^len(channels)); ``num_res_blocks`` ResBlocks per level; ``attention`` puts self-attention between the
     two bottleneck ResBlocks. ``UNet()`` is the seed model; ``UNet(in_channels=1, out_channels=1,
     channels=(32, 64))`` is a tiny CPU model.
+
+    ``num_classes`` (default None: unconditional, and no extra weights) makes it ε_θ(x_t, t, c): ``forward(x, t,
+    labels)`` with labels LongTensor [B] in {0, …, num_classes}, where ``num_classes`` is the null label ∅;
+    ``labels=None`` means ∅ for every sample. ``label_embed`` (a :class:`LabelEmbedding`) is added to the time
+    embedding, so it reaches every ResBlock through AdaGN.
     """
 
     def __init__(
@@ -138,6 +175,8 @@ class UNet(nn.Module):
         time_emb_dim: int | None = None,
         groups: int = 32,
         dropout: float = 0.0,
+        *,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         channels = tuple(int(c) for c in channels)
@@ -154,6 +193,9 @@ class UNet(nn.Module):
             nn.SiLU(),
             nn.Linear(emb_dim, emb_dim),
         )
+        self.num_classes = num_classes
+        if num_classes is not None:  # no new submodule otherwise: unconditional checkpoints load unchanged
+            self.label_embed = LabelEmbedding(num_classes, emb_dim)
         self.stem = nn.Conv2d(in_channels, base, 3, padding=1)
 
         def block(i: int, o: int) -> ResBlock:
@@ -184,7 +226,7 @@ class UNet(nn.Module):
     def downsample_factor(self) -> int:
         return 2 ** len(self.channels)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected x of shape [B, {self.in_channels}, H, W], got {tuple(x.shape)}")
         f = self.downsample_factor
@@ -197,6 +239,17 @@ class UNet(nn.Module):
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         emb = self.time_embed(t)
+        if self.num_classes is not None:
+            if labels is None:
+                labels = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+            labels = torch.as_tensor(labels, device=x.device)
+            if labels.ndim == 0:
+                labels = labels.expand(x.shape[0])
+            if labels.shape != (x.shape[0],):
+                raise ValueError(f"labels must be a LongTensor [B] = [{x.shape[0]}], got shape {tuple(labels.shape)}")
+            emb = emb + self.label_embed(labels).to(emb.dtype)
+        elif labels is not None:
+            raise ValueError("this UNet is unconditional: build it with UNet(..., num_classes=K) to pass labels")
         h = self.stem(x)
         skips = []
         for blocks, down in zip(self.down_blocks, self.downsamples, strict=True):

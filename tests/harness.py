@@ -45,6 +45,7 @@ EXERCISES: tuple[str, ...] = (
     "p_sample", "sample",  # lesson 5
     "reconstruct", "psnr", "ssim",  # lesson 6
     "ddim_step", "ddim_sample",  # lesson 7
+    "LabelEmbedding", "drop_labels", "guided_eps", "cfg_sample",  # lesson 8
     "flow_matching_loss", "euler_sample", "heun_sample",  # lesson 9
 )
 

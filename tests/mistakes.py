@@ -1088,6 +1088,187 @@ CHEATS: list[Mistake] = [
 ]
 
 
+# ------------------------------------------------------------------------------------------------ lesson 8: guidance
+# Templates: the lesson's solutions, written as a student would; each mistake is one edit of one of them.
+
+LABEL_EMBEDDING = _src('''
+    class LabelEmbedding(nn.Module):
+        def __init__(self, num_classes, dim):
+            super().__init__()
+            self.num_classes = num_classes
+            self.null_label = num_classes
+            self.embedding = nn.Embedding(num_classes + 1, dim)
+
+        def forward(self, labels):
+            return self.embedding(labels)
+''')
+
+DROP_LABELS = _src('''
+    def drop_labels(labels, p_uncond, null_label, *, generator=None):
+        drop = torch.rand(labels.shape, generator=generator) < p_uncond
+        return torch.where(drop, torch.full_like(labels, null_label), labels)
+''')
+
+GUIDED_EPS = _src('''
+    def guided_eps(model, x_t, t, labels, w, *, null_label=None):
+        if null_label is None:
+            null_label = model.num_classes
+        t = torch.as_tensor(t).expand(x_t.shape[0])
+        null = torch.full_like(labels, null_label)
+        eps = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null]))
+        eps_cond, eps_uncond = eps.chunk(2)
+        return eps_uncond + w * (eps_cond - eps_uncond)
+''')
+
+CFG_SAMPLE = _src('''
+    from ddpm_ref import guided_eps, predict_x0, q_posterior
+
+
+    @torch.no_grad()
+    def cfg_sample(model, schedule, shape, labels, w, *, generator=None, device=None, null_label=None, clip_x0=True,
+                   variance="posterior", x_T=None, progress=True):
+        x = torch.randn(tuple(shape), generator=generator) if x_T is None else x_T
+        for step in reversed(range(schedule.T)):
+            t = torch.full((x.shape[0],), step, dtype=torch.long)
+            eps = guided_eps(model, x, t, labels, w, null_label=null_label)
+            x0 = predict_x0(x, t, eps, schedule)
+            if clip_x0:
+                x0 = x0.clamp(-1, 1)
+            mean, var = q_posterior(x0, x, t, schedule)
+            noise = torch.randn(x.shape, generator=generator)
+            x = mean + (var.sqrt() * noise if step > 0 else 0)
+        return x
+''')
+
+MISTAKES += [
+    Mistake("label_embedding_no_null_row", "LabelEmbedding",
+            ("LabelEmbedding_shapes_and_null_label", "LabelEmbedding_in_the_unet", "LabelEmbedding_any_size"),
+            "a table of num_classes rows: the null label ∅ = num_classes has no vector",
+            _edit(LABEL_EMBEDDING, "nn.Embedding(num_classes + 1, dim)", "nn.Embedding(num_classes, dim)"),
+            "the null label needs its own row"),
+    Mistake("drop_labels_never_drops", "drop_labels",
+            ("drop_labels_extremes", "drop_labels_rate", "drop_labels_uses_the_generator",
+             "drop_labels_every_class_alike"),
+            "label dropout missing: the null label is never trained, so guidance amplifies an untrained ε(x, ∅)",
+            _src('''
+        def drop_labels(labels, p_uncond, null_label, *, generator=None):
+            return labels.clone()
+    '''), "the null label is never trained"),
+    Mistake("drop_labels_keeps_p_uncond", "drop_labels",
+            ("drop_labels_extremes", "drop_labels_rate", "drop_labels_every_class_alike"),
+            "u > p_uncond: drops 1 − p_uncond of the labels",
+            _edit(DROP_LABELS, "< p_uncond", "> p_uncond"), "the wrong way round"),
+    Mistake("drop_labels_in_place", "drop_labels", ("drop_labels_leaves_the_input_alone",),
+            "writes ∅ into the caller's labels",
+            _src('''
+        def drop_labels(labels, p_uncond, null_label, *, generator=None):
+            labels[torch.rand(labels.shape, generator=generator) < p_uncond] = null_label
+            return labels
+    '''), "changed its input in place"),
+    Mistake("guided_eps_swapped", "guided_eps", ("guided_eps_formula", "guided_eps_null_label", "guided_eps_int_t",
+                                                 "guided_eps_with_the_oracle"),
+            "conditional and unconditional estimates swapped: ε(c) + w·(ε(∅) − ε(c))",
+            _edit(GUIDED_EPS, "return eps_uncond + w * (eps_cond - eps_uncond)",
+                  "return eps_cond + w * (eps_uncond - eps_cond)"),
+            "conditional and unconditional estimates are swapped"),
+    Mistake("guided_eps_one_plus_w", "guided_eps", ("guided_eps_formula", "guided_eps_null_label", "guided_eps_int_t",
+                                                    "guided_eps_with_the_oracle"),
+            "the (1 + w) form of Ho & Salimans with this course's w: w = 1 already guides",
+            _edit(GUIDED_EPS, "return eps_uncond + w * (eps_cond - eps_uncond)",
+                  "return (1 + w) * eps_cond - w * eps_uncond"),
+            "the (1 + w) form of Ho & Salimans"),
+    Mistake("guided_eps_two_passes", "guided_eps", ("guided_eps_one_forward_pass",),
+            "two forward passes instead of one on the doubled batch",
+            _src('''
+        def guided_eps(model, x_t, t, labels, w, *, null_label=None):
+            null_label = model.num_classes if null_label is None else null_label
+            t = torch.as_tensor(t).expand(x_t.shape[0])
+            eps_cond = model(x_t, t, labels)
+            eps_uncond = model(x_t, t, torch.full_like(labels, null_label))
+            return eps_uncond + w * (eps_cond - eps_uncond)
+    '''), "use one forward pass"),
+    Mistake("cfg_sample_drops_labels", "cfg_sample",
+            ("cfg_sample_guides_the_noise_estimate", "cfg_sample_w1_returns_each_class"),
+            "labels dropped at sampling time too (as in training)",
+            _edit(CFG_SAMPLE, "    x = torch.randn(tuple(shape), generator=generator) if x_T is None else x_T\n",
+                  "    x = torch.randn(tuple(shape), generator=generator) if x_T is None else x_T\n"
+                  "    null = model.num_classes if null_label is None else null_label\n"
+                  "    labels = torch.where(torch.rand(labels.shape, generator=generator) < 0.1, null, labels)\n"),
+            "labels are dropped only in training, never at sampling time"),
+    Mistake("cfg_sample_guides_x0", "cfg_sample", ("cfg_sample_guides_the_noise_estimate",),
+            "guidance applied to x̂0 with the ε formula, after clipping each x̂0",
+            _src('''
+        from ddpm_ref import predict_x0, q_posterior
+
+
+        @torch.no_grad()
+        def cfg_sample(model, schedule, shape, labels, w, *, generator=None, device=None, null_label=None,
+                       clip_x0=True, variance="posterior", x_T=None, progress=True):
+            null = model.num_classes if null_label is None else null_label
+            x = torch.randn(tuple(shape), generator=generator) if x_T is None else x_T
+            for step in reversed(range(schedule.T)):
+                t = torch.full((x.shape[0],), step, dtype=torch.long)
+                x0_c = predict_x0(x, t, model(x, t, labels), schedule)
+                x0_u = predict_x0(x, t, model(x, t, torch.full_like(labels, null)), schedule)
+                if clip_x0:
+                    x0_c, x0_u = x0_c.clamp(-1, 1), x0_u.clamp(-1, 1)
+                x0 = x0_u + w * (x0_c - x0_u)
+                mean, var = q_posterior(x0, x, t, schedule)
+                noise = torch.randn(x.shape, generator=generator)
+                x = mean + (var.sqrt() * noise if step > 0 else 0)
+            return x
+    '''), "guidance was applied to x̂0 with the ε formula"),
+]
+
+ALTERNATIVES += [
+    Alternative("label_embedding_student", "LabelEmbedding", "the lesson's nn.Embedding", LABEL_EMBEDDING),
+    Alternative("label_embedding_parameter_table", "LabelEmbedding", "an nn.Parameter table indexed by hand",
+                _src('''
+        class LabelEmbedding(nn.Module):
+            def __init__(self, num_classes, dim):
+                super().__init__()
+                self.table = nn.Parameter(torch.randn(num_classes + 1, dim) * 0.5)
+
+            def forward(self, labels):
+                return self.table[labels.long()]
+    ''')),
+    Alternative("drop_labels_student", "drop_labels", "the lesson's torch.where", DROP_LABELS),
+    Alternative("drop_labels_bernoulli", "drop_labels", "a Bernoulli mask and masked_fill on a clone",
+                _src('''
+        def drop_labels(labels, p_uncond, null_label, *, generator=None):
+            mask = torch.bernoulli(torch.full(labels.shape, float(p_uncond)), generator=generator).bool()
+            return labels.clone().masked_fill(mask, null_label)
+    ''')),
+    Alternative("guided_eps_student", "guided_eps", "the lesson's batched pass", GUIDED_EPS),
+    Alternative("guided_eps_null_first_weights", "guided_eps", "∅ half first, written as w·ε(c) + (1 − w)·ε(∅)",
+                _src('''
+        def guided_eps(model, x_t, t, labels, w, *, null_label=None):
+            null = model.num_classes if null_label is None else null_label
+            b = x_t.shape[0]
+            t = torch.as_tensor(t).reshape(-1).expand(b)
+            y = torch.cat([torch.full((b,), null, dtype=torch.long), labels])
+            out = model(x_t.repeat(2, 1, 1, 1), t.repeat(2), y)
+            return w * out[b:] + (1 - w) * out[:b]
+    ''')),
+    Alternative("cfg_sample_by_hand", "cfg_sample", "the chain written out with predict_x0 and q_posterior",
+                CFG_SAMPLE),
+    Alternative("cfg_sample_through_sample", "cfg_sample", "lesson 5's sampler with the guided estimate as the model",
+                _src('''
+        import ddpm_ref
+
+
+        @torch.no_grad()
+        def cfg_sample(model, schedule, shape, labels, w, *, generator=None, device=None, null_label=None,
+                       clip_x0=True, variance="posterior", x_T=None, progress=True):
+            def guided(x, t):
+                return ddpm_ref.guided_eps(model, x, t, labels, w, null_label=null_label)
+
+            return ddpm_ref.sample(guided, schedule, shape, generator=generator, device=device, clip_x0=clip_x0,
+                                   variance=variance, x_T=x_T, progress=progress)
+    ''')),
+]
+
+
 def by_name(name: str) -> Mistake:
     """The mistake called ``name``."""
     for m in MISTAKES:

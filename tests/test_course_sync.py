@@ -30,6 +30,7 @@ COURSE: dict[str, tuple[str, ...]] = {
     "05_sampling": ("p_sample", "sample"),
     "06_reconstruction": ("reconstruct", "psnr", "ssim"),
     "07_ddim": ("ddim_step", "ddim_sample"),
+    "08_guidance": ("LabelEmbedding", "drop_labels", "guided_eps", "cfg_sample"),
     "09_flow_matching": ("flow_matching_loss", "euler_sample", "heun_sample"),
 }
 
@@ -45,6 +46,7 @@ import matplotlib.pyplot as plt
 from ddpm_ref.course import FAST, run_checks, setup   # FAST is True while nbgrader grades
 setup()   # seeds torch, picks CPU threads for the machine's load; Run All goes on past unfinished exercises"""
 
+#: the check cells' two-line form re-imports the runner (a student's cell cannot rebind it)
 
 #: every check cell imports the runner afresh, so a student's cell that rebinds `run_checks` changes nothing
 RUNNER_IMPORT = "from ddpm_ref.course import run_checks"
