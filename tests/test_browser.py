@@ -34,8 +34,9 @@ LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backgro
                "--disable-component-update", "--disable-sync", "--no-first-run"]
 LESSON = "02_forward_diffusion"
 FINISHED_Q_POSTERIOR = '''def q_posterior(x0, x_t, t, schedule):
-    from ddpm_ref import q_posterior as reference
-    return reference(x0, x_t, t, schedule)'''
+    mean = (schedule.gather(schedule.posterior_mean_coef_x0, t, x_t) * x0
+            + schedule.gather(schedule.posterior_mean_coef_xt, t, x_t) * x_t)
+    return mean, schedule.gather(schedule.posterior_variance, t, x_t)'''
 
 
 def _requirements() -> None:
