@@ -32,8 +32,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import wasserstein_distance
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torch import Tensor
 
 __all__ = [
@@ -67,12 +65,16 @@ def _pairs(x: Tensor, y: Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 def psnr_per_image(x: Tensor, y: Tensor) -> list[float]:
     """PSNR in dB of each image pair, data range 1 after mapping to [0, 1]; list of B floats."""
+    from skimage.metrics import peak_signal_noise_ratio  # skimage and scipy load on first use, not with ddpm_ref
+
     a, b = _pairs(x, y)
     return [float(peak_signal_noise_ratio(a[i], b[i], data_range=1.0)) for i in range(a.shape[0])]
 
 
 def ssim_per_image(x: Tensor, y: Tensor) -> list[float]:
     """SSIM (Wang et al. 2004, 7×7 window) of each pair, channels on axis 0, data range 1; list of B floats."""
+    from skimage.metrics import structural_similarity
+
     a, b = _pairs(x, y)
     return [
         float(structural_similarity(a[i], b[i], data_range=1.0, channel_axis=0))
@@ -271,4 +273,6 @@ def brightness_gap(a: Tensor, b: Tensor) -> float:
     """1-D Wasserstein distance between the per-image mean brightness of sets a and b ([−1, 1] units)."""
     _check_set("brightness_gap: a", a, 1)
     _check_set("brightness_gap: b", b, 1)
+    from scipy.stats import wasserstein_distance  # loaded on first use, not with every lesson
+
     return float(wasserstein_distance(mean_brightness(a).numpy(), mean_brightness(b).numpy()))
