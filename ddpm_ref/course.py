@@ -1,4 +1,5 @@
-"""What the lesson notebooks share: the setup, the check runner, the ``FAST`` switch and a few picture helpers.
+"""What the lesson notebooks share: the setup, the check runner, the ``FAST`` switch, and the picture helpers of
+:mod:`ddpm_ref.pictures` (re-exported here).
 
 ``setup()`` (the setup cell of every lesson calls it) seeds torch, picks the CPU threads for the machine's load
 (:func:`ddpm_ref.perf.cpu_threads`), and lets *Run All* pass unfinished exercises: a cell that calls an
@@ -9,7 +10,7 @@ nbgrader grades: then every error stays an error).
 ``run_checks(name, globals())`` runs the checks registered for an exercise in the repository's ``tests/``
 folder (found next to the installed package for an editable install, or under ``$DDPM_COURSE_ROOT``, or
 in a parent of the working directory). ``FAST`` is true while nbgrader grades (``NBGRADER_EXECUTION``) or
-when ``DDPM_FAST`` is set: heavy cells shrink. Pictures take [B, C, H, W] (or [C, H, W]) tensors in [−1, 1].
+when ``DDPM_FAST`` is set: heavy cells shrink.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ import importlib
 import inspect
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FunctionType, ModuleType
 from typing import Any
 
 import torch
-from torch import Tensor
+
+from .pictures import animate, show_images, show_strip, t_slider, to_numpy_image
+from .pictures import env_flag as _flag
 
 __all__ = [
     "FAST",
@@ -40,10 +43,6 @@ __all__ = [
     "animate",
     "t_slider",
 ]
-
-
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 #: True while nbgrader executes a notebook (it sets NBGRADER_EXECUTION) or when DDPM_FAST=1: heavy cells shrink.
@@ -397,209 +396,6 @@ def _keep_going_after_failed_check(result: Any) -> None:
         return
     if is_check:
         result.error_in_exec = None
-
-
-# ------------------------------------------------------------------------------------------------ pictures
-
-
-def _as_batch(x: Tensor) -> Tensor:
-    x = torch.as_tensor(x).detach().float().cpu()
-    if x.ndim == 2:
-        x = x[None, None]
-    elif x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4:
-        raise ValueError(f"expected images [B, C, H, W], [C, H, W] or [H, W], got shape {tuple(x.shape)}")
-    return x
-
-
-def to_numpy_image(x: Tensor) -> Any:
-    """One image [C, H, W] (or [H, W]) in [−1, 1] as a numpy array [H, W] or [H, W, 3] in [0, 1] for imshow."""
-    x = _as_batch(x)[0]
-    img = ((x.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
-    return img[..., 0] if img.shape[-1] == 1 else img
-
-
-def _grid(x: Tensor, nrow: int, padding: int = 1) -> Any:
-    from torchvision.utils import make_grid
-
-    return to_numpy_image(make_grid(_as_batch(x).clamp(-1, 1), nrow=nrow, padding=padding, pad_value=1.0))
-
-
-def _imshow(ax: Any, img: Any, title: str | None = None) -> None:
-    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_axis_off()
-    if title is not None:
-        ax.set_title(title, fontsize=9)
-
-
-def show_images(
-    x: Tensor,
-    titles: Sequence[str] | None = None,
-    nrow: int = 8,
-    *,
-    title: str | None = None,
-    size: float = 1.2,
-    ax: Any = None,
-) -> None:
-    """Show images [B, C, H, W] in [−1, 1]: one grid of ``nrow`` per row, or one panel per image with ``titles``.
-
-    With ``ax`` the grid is drawn into that matplotlib axis (and not shown yet).
-    """
-    import matplotlib.pyplot as plt
-
-    x = _as_batch(x)
-    if ax is not None:
-        _imshow(ax, _grid(x, nrow), title)
-        return
-    if titles is None:
-        rows = -(-x.shape[0] // nrow)
-        cols = min(nrow, x.shape[0])
-        fig, ax = plt.subplots(figsize=(size * cols, size * rows + (0.3 if title else 0)))
-        _imshow(ax, _grid(x, nrow), title)
-    else:
-        if len(titles) != x.shape[0]:
-            raise ValueError(f"got {len(titles)} titles for {x.shape[0]} images: give one title per image")
-        rows = -(-x.shape[0] // nrow)
-        cols = min(nrow, x.shape[0])
-        fig, axes = plt.subplots(rows, cols, figsize=(size * cols, (size + 0.3) * rows), squeeze=False)
-        for i, a in enumerate(axes.flat):
-            if i < x.shape[0]:
-                _imshow(a, to_numpy_image(x[i]), titles[i])
-            else:
-                a.set_axis_off()
-        if title:
-            fig.suptitle(title)
-    fig.tight_layout()
-    plt.show()
-
-
-def _frames(frames: Mapping[Any, Tensor] | Sequence[Tensor], label: str) -> tuple[list[Tensor], list[str | None]]:
-    if isinstance(frames, Mapping):
-        heads = [str(k) if isinstance(k, str) or not label else f"{label} = {k}" for k in frames]
-        return [_as_batch(v) for v in frames.values()], heads
-    return [_as_batch(v) for v in frames], [None] * len(frames)
-
-
-def show_strip(
-    frames: Mapping[Any, Tensor] | Sequence[Tensor],
-    *,
-    title: str | None = None,
-    label: str = "t",
-    size: float = 1.2,
-) -> None:
-    """A strip of frames left to right; each frame is [C, H, W] or a batch [B, C, H, W] shown as a column.
-
-    ``frames`` is a list, or a dict {t: images} whose keys become the column titles ("t = 100"; a str key
-    is used as it is).
-    """
-    import matplotlib.pyplot as plt
-
-    imgs, heads = _frames(frames, label)
-    if not imgs:
-        raise ValueError("show_strip needs at least one frame")
-    rows = max(f.shape[0] for f in imgs)
-    fig, axes = plt.subplots(1, len(imgs), figsize=(size * len(imgs), size * rows + 0.4), squeeze=False)
-    for a, f, head in zip(axes[0], imgs, heads, strict=True):
-        _imshow(a, _grid(f, nrow=1), head)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    plt.show()
-
-
-def animate(
-    frames: Mapping[int, Tensor] | Sequence[Tensor],
-    *,
-    nrow: int = 8,
-    interval: int = 120,
-    label: str = "t",
-    size: float = 2.5,
-) -> Any:
-    """The frames (each [B, C, H, W] shown as a grid of ``nrow``) as a looping animation; returns HTML to display.
-
-    ``frames`` is a list or a dict {t: images} (the key is shown in the title). Uses matplotlib's
-    ``FuncAnimation(...).to_jshtml()``, so it plays in Jupyter, Colab and the exported HTML alike.
-    """
-    import matplotlib.pyplot as plt
-    from IPython.display import HTML
-    from matplotlib.animation import FuncAnimation
-
-    imgs, heads = _frames(frames, label)
-    if not imgs:
-        raise ValueError("animate needs at least one frame")
-    grids = [_grid(f, nrow) for f in imgs]
-    fig, ax = plt.subplots(figsize=(size * grids[0].shape[1] / grids[0].shape[0], size))
-    _imshow(ax, grids[0], heads[0])
-    image = ax.images[0]
-
-    def update(i: int) -> list[Any]:
-        image.set_data(grids[i])
-        if heads[i] is not None:
-            ax.set_title(heads[i], fontsize=9)
-        return [image]
-
-    anim = FuncAnimation(fig, update, frames=len(grids), interval=interval, blit=False)
-    html = HTML(anim.to_jshtml(default_mode="once"))
-    plt.close(fig)
-    return html
-
-
-def _widgets_available() -> bool:
-    try:
-        import ipywidgets  # noqa: F401
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
-
-
-def t_slider(
-    fn: Callable[[int], Tensor | None],
-    T: int,
-    *,
-    step: int = 1,
-    value: int = 0,
-    labels: Sequence[str] | None = None,
-    nrow: int = 8,
-    size: float = 1.8,
-    static_steps: int = 8,
-    use_widgets: bool | None = None,
-) -> None:
-    """A slider over t ∈ {0, …, T−1} that shows ``fn(t)`` (images [B, C, H, W] in [−1, 1], or draw and return None).
-
-    The images are drawn ``size`` inches each, ``nrow`` per row, under the title "t = …"; ``labels`` (one per
-    image) puts a label over each. The slider is wide enough to pick single steps (600 px, or the output's
-    width where that is less). Where Jupyter widgets are unavailable, while nbgrader grades, or with
-    ``use_widgets=False``, it shows a static strip of ``static_steps`` evenly spaced t instead.
-    """
-    import matplotlib.pyplot as plt
-
-    if not isinstance(T, int) or T < 1:
-        raise ValueError(f"T must be a positive int (number of diffusion steps), got {T!r}")
-
-    def show(t: int) -> None:
-        out = fn(t)
-        if out is not None:
-            show_images(out, titles=labels, nrow=nrow, title=f"t = {t}", size=size)
-        else:
-            plt.show()
-
-    if use_widgets is None:  # nbgrader runs without a frontend: the static strip is what its feedback can show
-        use_widgets = _widgets_available() and not _flag("NBGRADER_EXECUTION")
-    if use_widgets:
-        import ipywidgets as widgets
-
-        slider = widgets.IntSlider(value=value, min=0, max=T - 1, step=step, description="t",
-                                   continuous_update=False,
-                                   layout=widgets.Layout(width="600px", max_width="100%"))
-        widgets.interact(show, t=slider)
-        return
-    ts = torch.linspace(0, T - 1, static_steps).round().long().unique().tolist()
-    outs = {t: fn(t) for t in ts}
-    if all(o is not None for o in outs.values()):
-        show_strip(outs, title=f"t from 0 to {T - 1} (install ipywidgets for a slider)")
 
 
 _GRADER = _Grader()
