@@ -24,14 +24,13 @@ Protocol (written next to the results as ``evaluate_protocol.json``):
   the yardstick: real against real (held-out vs training), and two deliberately bad sets (the held-out images
   blurred with a Gaussian of σ = size/16 px, uniform noise) against the same references.
 
-FID/KID need torchmetrics and the Inception weights torchmetrics uses (a file in torch's hub cache). Nothing is
-downloaded: when either is missing, the result says so and why.
+FID/KID (:mod:`ddpm_ref.fid`) need torchmetrics and the Inception weights torchmetrics uses (a file in torch's hub
+cache). Nothing is downloaded: when either is missing, the result says so and why. The sample-quality table is
+:mod:`ddpm_ref.quality`; this module chooses the images and runs the protocol.
 """
 
 from __future__ import annotations
 
-import csv
-import importlib.util
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,14 +38,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision.transforms.functional as TF
 from torch import Tensor, nn
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import TrainConfig
 from .data import ImageFolderDataset, lfw_faces
-from .metrics import MSSWD, brightness_gap, mean_brightness, ms_swd, psnr_per_image, ssim_per_image
+from .fid import INCEPTION_WEIGHTS, fid_kid, fid_kid_status
+from .metrics import psnr_per_image, ssim_per_image
 from .plots import plot_brightness, plot_eval, plot_quality
+from .quality import QualityRow, SampleQuality, sample_quality
 from .samplers import reconstruct, sample
 from .schedule import NoiseSchedule
 
@@ -66,9 +66,6 @@ __all__ = [
     "run_evaluate",
     "INCEPTION_WEIGHTS",
 ]
-
-INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"  # the FID Inception file torchmetrics loads
-
 
 def default_t_starts(T: int) -> list[int]:
     """The protocol's t_start list: ⌊f·T⌋ for f = 1/8, 1/4, 1/2, 3/4 (50/100/200/300 at T=400)."""
@@ -125,101 +122,6 @@ def write_eval_csv(scores: dict[int, tuple[list[float], list[float]]], path: str
                      f"{s.std(unbiased=False):.4f},{len(p)}")
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-@dataclass
-class QualityRow:
-    """One line of the quality table: ``images`` (a set) scored against ``reference`` (a real set)."""
-
-    images: str
-    reference: str
-    n_images: int
-    n_reference: int
-    msswd: MSSWD
-    brightness_gap: float  # 1-D W1 between per-image mean brightness, [−1, 1] units
-    brightness_std: float  # std of the per-image means of ``images``
-
-
-@dataclass
-class SampleQuality:
-    """Samples and the yardstick sets against each real reference (:func:`sample_quality`)."""
-
-    rows: list[QualityRow]
-    brightness: dict[str, Tensor]  # set name → per-image mean brightness [N] (samples and the references)
-    seed: int
-
-    def row(self, images: str, reference: str) -> QualityRow:
-        for r in self.rows:
-            if r.images == images and r.reference == reference:
-                return r
-        raise KeyError(f"no row for {images!r} against {reference!r}")
-
-    def lines(self) -> list[str]:
-        """The table as text: one line per (set, reference), samples first, then the yardstick."""
-        width = max(len(r.images) for r in self.rows)
-        out = [f"MS-SWD ×1e3 (Karras et al. 2018; mean over levels, then per level) and brightness gap "
-               f"(seed {self.seed}):"]
-        ref = None
-        for r in self.rows:
-            if r.reference != ref:
-                ref = r.reference
-                out.append(f"  against {ref} ({r.n_reference} images):")
-            levels = " ".join(f"{res}px {d:6.1f}" for res, d in r.msswd.levels)
-            out.append(f"    {r.images:<{width}} (n={r.n_images:3d})  MS-SWD {r.msswd.mean:6.1f}  [{levels}]  "
-                       f"brightness gap {r.brightness_gap:.3f} (std of means {r.brightness_std:.3f})")
-        return out
-
-    def write_csv(self, path: str | Path) -> Path:
-        """quality.csv: images, reference, n_images, n_reference, msswd_mean, msswd_<res>px…, brightness_gap,
-        brightness_std."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        res = [r for r, _ in self.rows[0].msswd.levels]
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["images", "reference", "n_images", "n_reference", "msswd_mean",
-                        *[f"msswd_{r}px" for r in res], "brightness_gap", "brightness_std"])
-            for r in self.rows:
-                w.writerow([r.images, r.reference, r.n_images, r.n_reference, f"{r.msswd.mean:.3f}",
-                            *[f"{d:.3f}" for _, d in r.msswd.levels], f"{r.brightness_gap:.5f}",
-                            f"{r.brightness_std:.5f}"])
-        return path
-
-
-def _yardstick_sets(held_out: Tensor, n_noise: int, seed: int) -> dict[str, Tensor]:
-    """The deliberately bad sets: the held-out images blurred (σ = size/16 px), and uniform noise."""
-    sigma = held_out.shape[-1] / 16
-    k = 2 * int(3 * sigma) + 1
-    g = torch.Generator().manual_seed(seed + 7)
-    noise = torch.rand((max(n_noise, 2), *held_out.shape[1:]), generator=g) * 2 - 1
-    return {"blurred held-out": TF.gaussian_blur(held_out, k, sigma).clamp(-1, 1), "pure noise": noise}
-
-
-def sample_quality(samples: Tensor, references: dict[str, Tensor], *, seed: int = 0) -> SampleQuality:
-    """Score samples [N, C, H, W] in [−1, 1] against each real reference set, beside the yardstick.
-
-    ``references`` is ordered: the first is the held-out set, the second (if any) the training set. Rows: the
-    samples against every reference; the first reference against the second (real vs real, the best a model can
-    hope for); the first reference blurred, and uniform noise, against every reference (where a failed model sits).
-    """
-    if not references:
-        raise ValueError("sample_quality needs at least one real reference set")
-    names = list(references)
-    held = references[names[0]].float().cpu()
-    samples = samples.float().cpu()
-    candidates: list[tuple[str, Tensor, list[str]]] = [("samples", samples, names)]
-    if len(names) > 1:
-        candidates.append((f"{names[0]} real", held, names[1:]))
-    candidates += [(k, v, names) for k, v in _yardstick_sets(held, samples.shape[0], seed).items()]
-    rows = []
-    for ref in names:
-        r = references[ref].float().cpu()
-        for label, x, against in candidates:
-            if ref in against:
-                rows.append(QualityRow(label, ref, x.shape[0], r.shape[0], ms_swd(x, r, seed=seed),
-                                       brightness_gap(x, r), float(mean_brightness(x).std(unbiased=False))))
-    brightness = {"samples": mean_brightness(samples), **{k: mean_brightness(v) for k, v in references.items()}}
-    return SampleQuality(rows, brightness, seed)
 
 
 def reference_sets(config: TrainConfig, n: int = 10, data: str | None = None) -> dict[str, Tensor]:
@@ -326,44 +228,6 @@ def evaluate(
                      for r in quality.rows],
         }
     return Evaluation(scores, noised, recon, quality, protocol)
-
-
-def fid_kid_status() -> tuple[bool, str]:
-    """(available, reason): torchmetrics importable and its Inception weights already in torch's hub cache."""
-    if importlib.util.find_spec("torchmetrics") is None:
-        return False, "FID/KID skipped: torchmetrics is not installed (pip install torchmetrics torch-fidelity)"
-    weights = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS
-    if not weights.is_file():
-        return False, (f"FID/KID skipped: the Inception weights {weights} are not on this machine and nothing is "
-                       "downloaded here; copy the file there to enable FID/KID")
-    return True, f"FID/KID with torchmetrics and {weights}"
-
-
-@torch.no_grad()
-def fid_kid(model: nn.Module, schedule: NoiseSchedule, real: Tensor, n: int, *, seed: int = 0,
-            batch: int = 50) -> dict[str, float]:
-    """FID and KID between ``n`` DDPM samples and the real images [M, C, H, W] (torchmetrics, 2048-d features)."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
-
-    fid = FrechetInceptionDistance(feature=2048, normalize=True)
-    kid = KernelInceptionDistance(feature=2048, normalize=True, subset_size=min(50, n, real.shape[0]))
-
-    def rgb01(x: Tensor) -> Tensor:
-        x = ((x.float().cpu() + 1) / 2).clamp(0, 1)
-        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-
-    for i in range(0, real.shape[0], batch):
-        fid.update(rgb01(real[i : i + batch]), real=True)
-        kid.update(rgb01(real[i : i + batch]), real=True)
-    g = torch.Generator().manual_seed(seed)
-    shape = real.shape[1:]
-    for i in range(0, n, batch):
-        fake = sample(model, schedule, (min(batch, n - i), *shape), generator=g, progress=False)
-        fid.update(rgb01(fake), real=False)
-        kid.update(rgb01(fake), real=False)
-    kid_mean, kid_std = kid.compute()
-    return {"fid": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std)}
 
 
 def run_evaluate(

@@ -24,14 +24,15 @@ Shapes: images ``x0``, ``x_t``, ``noise`` are [B, C, H, W] (any [B, ...] works);
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .diffusion import randn
+from .oracle import register_mixture
+from .progress import progress_bar
 
 __all__ = [
     "TIME_SCALE",
@@ -131,6 +132,45 @@ def _velocity(model: nn.Module, x: Tensor, t: float) -> Tensor:
     return model(x, tt).to(x.dtype)
 
 
+def _euler_step(model: nn.Module, x: Tensor, t: float, t_next: float) -> Tensor:
+    """x_{t_next} = x_t + (t_next − t)·v_θ(x_t, t): one model call."""
+    return x + (t_next - t) * _velocity(model, x, t)
+
+
+def _heun_step(model: nn.Module, x: Tensor, t: float, t_next: float) -> Tensor:
+    """Predictor x̃ = x + h·v_θ(x, t), corrector x + h·(v_θ(x, t) + v_θ(x̃, t_next))/2, h = t_next − t: two calls."""
+    h = t_next - t
+    v = _velocity(model, x, t)
+    x_pred = x + h * v
+    v_next = _velocity(model, x_pred, t_next)
+    return x + h * 0.5 * (v + v_next)
+
+
+def _integrate(
+    model: nn.Module,
+    step: Callable[[nn.Module, Tensor, float, float], Tensor],
+    desc: str,
+    x: Tensor,
+    steps: int,
+    *,
+    progress: bool,
+    return_intermediates: bool,
+) -> Tensor | tuple[Tensor, dict[float, Tensor]]:
+    """Take ``step(model, x, t, t_next)`` along :func:`flow_times` from x = x_1 at t = 1 down to t = 0.
+
+    With ``return_intermediates`` also returns {t_i: x_{t_i}} (CPU) for every grid time, 0 included."""
+    ts = flow_times(steps)
+    frames: dict[float, Tensor] = {}
+    for t, t_next in progress_bar(list(zip(ts[:-1], ts[1:], strict=True)), desc=desc, disable=not progress,
+                                  leave=False):
+        if return_intermediates:
+            frames[t] = x.detach().cpu()
+        x = step(model, x, t, t_next)
+    if return_intermediates:
+        frames[0.0] = x.detach().cpu()
+    return (x, frames) if return_intermediates else x
+
+
 @torch.no_grad()
 def euler_sample(
     model: nn.Module,
@@ -149,17 +189,8 @@ def euler_sample(
     x_{t_{i+1}} = x_{t_i} + (t_{i+1} − t_i)·v_θ(x_{t_i}, 1000·t_i), with t_{i+1} − t_i = −1/steps < 0.
     With ``return_intermediates`` also returns {t_i: x_{t_i}} (CPU) for every grid time, 0 included.
     """
-    x = _start(model, shape, generator, device, x1)
-    ts = flow_times(steps)
-    frames: dict[float, Tensor] = {}
-    for t, t_next in tqdm(list(zip(ts[:-1], ts[1:], strict=True)), desc="Euler sampling", disable=not progress,
-                          leave=False):
-        if return_intermediates:
-            frames[t] = x.detach().cpu()
-        x = x + (t_next - t) * _velocity(model, x, t)
-    if return_intermediates:
-        frames[0.0] = x.detach().cpu()
-    return (x, frames) if return_intermediates else x
+    return _integrate(model, _euler_step, "Euler sampling", _start(model, shape, generator, device, x1), steps,
+                      progress=progress, return_intermediates=return_intermediates)
 
 
 @torch.no_grad()
@@ -182,21 +213,8 @@ def heun_sample(
     skips the corrector at its singular end point; the velocity of flow matching is finite at t = 0).
     Second-order accurate: its error shrinks like 1/steps², Euler's like 1/steps.
     """
-    x = _start(model, shape, generator, device, x1)
-    ts = flow_times(steps)
-    frames: dict[float, Tensor] = {}
-    for t, t_next in tqdm(list(zip(ts[:-1], ts[1:], strict=True)), desc="Heun sampling", disable=not progress,
-                          leave=False):
-        if return_intermediates:
-            frames[t] = x.detach().cpu()
-        h = t_next - t
-        v = _velocity(model, x, t)
-        x_pred = x + h * v
-        v_next = _velocity(model, x_pred, t_next)
-        x = x + h * 0.5 * (v + v_next)
-    if return_intermediates:
-        frames[0.0] = x.detach().cpu()
-    return (x, frames) if return_intermediates else x
+    return _integrate(model, _heun_step, "Heun sampling", _start(model, shape, generator, device, x1), steps,
+                      progress=progress, return_intermediates=return_intermediates)
 
 
 class GaussianMixtureVelocity(nn.Module):
@@ -218,17 +236,7 @@ class GaussianMixtureVelocity(nn.Module):
         weights: Sequence[float] | Tensor | None = None,
     ) -> None:
         super().__init__()
-        means = torch.as_tensor(means, dtype=torch.float64)
-        k = means.shape[0]
-        stds = torch.as_tensor(stds, dtype=torch.float64).reshape(k)
-        if weights is None:
-            weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
-        weights = torch.as_tensor(weights, dtype=torch.float64).reshape(k)
-        if (stds < 0).any() or (weights <= 0).any():
-            raise ValueError("stds must be >= 0 and weights > 0")
-        self.register_buffer("means", means)
-        self.register_buffer("stds", stds)
-        self.register_buffer("weights", weights / weights.sum())
+        register_mixture(self, means, stds, weights)
 
     def forward(self, x: Tensor, time: Tensor) -> Tensor:
         b = x.shape[0]

@@ -18,7 +18,28 @@ from torch import Tensor, nn
 
 from .schedule import NoiseSchedule
 
-__all__ = ["GaussianMixtureOracle"]
+__all__ = ["GaussianMixtureOracle", "register_mixture"]
+
+
+def register_mixture(
+    module: nn.Module,
+    means: Tensor | Sequence[float],
+    stds: Sequence[float] | Tensor,
+    weights: Sequence[float] | Tensor | None = None,
+) -> None:
+    """Check a mixture Σ_k w_k N(μ_k, s_k² I) and store it as float64 buffers ``means`` [K, *shape] (or [K]),
+    ``stds`` [K] and ``weights`` [K] (normalised to sum 1; default uniform) on ``module``."""
+    means = torch.as_tensor(means, dtype=torch.float64)
+    k = means.shape[0]
+    stds = torch.as_tensor(stds, dtype=torch.float64).reshape(k)
+    if weights is None:
+        weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
+    weights = torch.as_tensor(weights, dtype=torch.float64).reshape(k)
+    if (stds < 0).any() or (weights <= 0).any():
+        raise ValueError("stds must be >= 0 and weights > 0")
+    module.register_buffer("means", means)
+    module.register_buffer("stds", stds)
+    module.register_buffer("weights", weights / weights.sum())
 
 
 class GaussianMixtureOracle(nn.Module):
@@ -36,18 +57,8 @@ class GaussianMixtureOracle(nn.Module):
         weights: Sequence[float] | Tensor | None = None,
     ) -> None:
         super().__init__()
-        means = torch.as_tensor(means, dtype=torch.float64)
-        k = means.shape[0]
-        stds = torch.as_tensor(stds, dtype=torch.float64).reshape(k)
-        if weights is None:
-            weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
-        weights = torch.as_tensor(weights, dtype=torch.float64).reshape(k)
-        if (stds < 0).any() or (weights <= 0).any():
-            raise ValueError("stds must be >= 0 and weights > 0")
         self.schedule = schedule
-        self.register_buffer("means", means)
-        self.register_buffer("stds", stds)
-        self.register_buffer("weights", weights / weights.sum())
+        register_mixture(self, means, stds, weights)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return self.eps_given_log_weights(x, t, self.weights.to(x.device).log()[None])

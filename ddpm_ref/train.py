@@ -9,6 +9,10 @@ Two levels, both callable from a notebook:
   resume, ``losses.csv`` + loss/LR plot and per-epoch EMA previews with fixed noise. Stops cleanly (and saves) at
   ``max_steps`` or after ``time_budget_s``; resumes from ``out_dir/checkpoints/ckpt_latest.pt`` automatically.
 
+The Trainer's pieces live in modules of their own: :mod:`ddpm_ref.train_setup` builds its loader and model,
+:mod:`ddpm_ref.train_state` writes and restores its checkpoint, :mod:`ddpm_ref.train_log` holds what it reports
+(callbacks, ``losses.csv``, previews), :mod:`ddpm_ref.train_data` its data and :mod:`ddpm_ref.step` its step.
+
 Output folder::
 
     config.json  losses.csv  loss.png  previews/epoch_0001.png …
@@ -34,31 +38,22 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from . import perf
-from .checkpoint import (
-    CKPT_FORMAT,
-    atomic_save,
-    capture_rng_state,
-    load_checkpoint,
-    load_weights,
-    restore_rng_state,
-    resume_check,
-)
-from .config import TrainConfig, build_model, build_schedule
-from .data import ImageFolderDataset, digits, uint8_to_unit
-from .distributed import DistInfo, all_gather_objects, all_reduce_sum, cleanup_distributed, init_distributed
-from .ema import ema_state, load_ema_state, make_ema, unwrap
-from .flow import heun_sample
+from .checkpoint import atomic_save
+from .config import TrainConfig
+from .data import uint8_to_unit
+from .distributed import DistInfo, all_reduce_sum, cleanup_distributed, init_distributed
+from .ema import unwrap
 from .guidance import drop_labels
 from .perf import resolve_device
-from .precision import autocast, resolve_amp_dtype
 from .progress import progress_bar
-from .samplers import sample
 from .step import StepStats, train_step, train_step_stats
-from .train_data import LabelledImages, ResumableSampler, TrainImages, build_dataset
-from .train_log import LOSS_COLUMNS, Callback, TrainResult, append_loss_log, truncate_loss_log
+from .train_data import build_dataset
+from .train_log import LOSS_COLUMNS, Callback, TrainResult, append_loss_log, preview_samples, write_preview
+from .train_setup import setup_data, setup_model
+from .train_state import restore_trainer, trainer_state
 
 __all__ = [
     "train_step",
@@ -128,8 +123,8 @@ class Trainer:
         np.random.seed(config.seed % 2**32)
         random.seed(config.seed)
 
-        self._build_data(dataset)
-        self._build_model()
+        setup_data(self, dataset)  # data, sampler, loader, batch_per_rank, steps_per_epoch
+        setup_model(self)  # schedule, U-Net, EMA, wrapper, AMP, optimizer, LR schedule, scaler
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 104_729 * self.dist.rank)
         self.preview_noise = torch.randn(config.preview_n, config.channels, config.image_size, config.image_size,
                                          generator=torch.Generator().manual_seed(config.seed + 1))
@@ -149,79 +144,6 @@ class Trainer:
         if resume and latest.is_file():
             self.load(latest)
 
-    # ---------------------------------------------------------------- setup helpers
-
-    def _build_data(self, dataset: Dataset | Tensor | None) -> None:
-        """The images (repeated ``dataset_repeat`` times), the resumable sampler and the loader."""
-        config = self.config
-        base = build_dataset(config) if dataset is None else dataset
-        if isinstance(base, ImageFolderDataset):
-            base.hflip = False  # the trainer flips whole batches itself, from its own seeded generator
-        if isinstance(base, Tensor):
-            if base.ndim != 4 or base.shape[1] != config.channels or base.shape[-1] != config.image_size:
-                raise ValueError(f"dataset tensor must be [N, {config.channels}, {config.image_size}, "
-                                 f"{config.image_size}], got {tuple(base.shape)}")
-        self.data: Dataset = TrainImages(base, config.dataset_repeat)
-        if config.num_classes:  # class-conditional: the digits with their labels (classifier-free guidance)
-            if config.data != "digits" or dataset is not None:
-                raise ValueError("num_classes > 0 needs labelled data: data=digits (and no dataset= tensor)")
-            images, labels = digits("train", size=config.image_size)
-            self.data = LabelledImages(images, labels, config.dataset_repeat)
-        ws = self.dist.world_size
-        if config.batch_size % ws:
-            raise ValueError(f"batch_size {config.batch_size} must be divisible by the {ws} processes")
-        self.batch_per_rank = config.batch_size // ws
-        self.sampler = ResumableSampler(self.data, num_replicas=ws, rank=self.dist.rank, shuffle=True,
-                                         seed=config.seed, drop_last=True)
-        self.steps_per_epoch = self.sampler.num_samples // self.batch_per_rank
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"{len(self.data)} images are fewer than one batch of {config.batch_size}: lower "
-                             "batch_size or raise dataset_repeat")
-        self.loader = DataLoader(self.data, batch_size=self.batch_per_rank, sampler=self.sampler, drop_last=True,
-                                 **perf.loader_kwargs(self.device, config.num_workers))
-
-    def _build_model(self) -> None:
-        """Schedule, U-Net (channels_last, compile per :attr:`perf`), EMA, wrapper, AdamW, LR schedule, scaler."""
-        config, opts = self.config, self.perf
-        self.schedule = build_schedule(config).to(self.device)
-        net = build_model(config).to(self.device)
-        if opts.channels_last:
-            net.to(memory_format=torch.channels_last)
-        self.ema = make_ema(net, config.ema_decay)
-        self.model: nn.Module = net
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = nn.parallel.DistributedDataParallel(net, device_ids=ids)
-        elif (config.parallel in ("auto", "dp") and self.device.type == "cuda" and torch.cuda.device_count() > 1):
-            self.model = nn.DataParallel(net)  # the seed's choice on Kaggle's T4 ×2
-        self.amp_dtype = resolve_amp_dtype(self.device, config.amp)  # type: ignore[arg-type]
-        self.compile_error: str | None = None
-        if opts.compile:  # one trial step now: a compiler that fails here falls back to eager, with the reason
-            shape = (self.batch_per_rank, config.channels, config.image_size, config.image_size)
-            example = (perf.to_device(torch.zeros(shape), self.device, channels_last=opts.channels_last),
-                       torch.zeros(shape[0], dtype=torch.long, device=self.device))
-            res = perf.compile_model(self.model, mode=opts.compile_mode, example=example, backward=True,
-                                     amp_dtype=self.amp_dtype)
-            self.model, self.compile_error = res.model, res.error
-        self.optimizer = perf.make_adamw(net.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                         fused=opts.fused_adamw)
-        self.total_steps = config.epochs * self.steps_per_epoch
-        self.lr_scheduler = self._make_lr_scheduler()
-        self.scaler = perf.make_grad_scaler(self.device, self.amp_dtype)
-
-    def _make_lr_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
-        c = self.config
-        opt = self.optimizer
-        if c.lr_schedule == "constant":
-            return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
-        warm = min(c.warmup_steps, max(self.total_steps - 1, 0))
-        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.total_steps - warm, 1),
-                                                            eta_min=c.min_lr)
-        if warm <= 0:
-            return cosine
-        linear = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0 / warm, end_factor=1.0, total_iters=warm)
-        return torch.optim.lr_scheduler.SequentialLR(opt, [linear, cosine], milestones=[warm])
-
     @property
     def net(self) -> nn.Module:
         """The bare U-Net being trained (no DataParallel/DDP wrapper)."""
@@ -235,28 +157,7 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint dict (see :mod:`ddpm_ref.checkpoint`). Collective under DDP: call on every rank."""
-        gens = all_gather_objects(self.generator.get_state().cpu(), self.dist)
-        ema_sd, n_avg = ema_state(self.ema)
-        return {
-            "format": CKPT_FORMAT,
-            "config": self.config.to_dict(),
-            "model": self.net.state_dict(),
-            "ema": ema_sd,
-            "ema_n_averaged": n_avg,
-            "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": self.lr_scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "epoch": self.epoch,
-            "step": self.step,
-            "epoch_step": self.epoch_step,
-            "epoch_loss_sum": self.epoch_loss_sum,
-            "epoch_loss_count": self.epoch_loss_count,
-            "nonfinite_steps": self.nonfinite_steps,
-            "skipped_images": self.skipped_images,
-            "elapsed_s": self.elapsed_before + self._session_elapsed(),
-            "world_size": self.dist.world_size,
-            "rng": {**capture_rng_state(), "train_generators": gens},
-        }
+        return trainer_state(self)
 
     def save(self, milestone: bool = False) -> Path:
         """Write ckpt_latest.pt (and ckpt_epoch_XXX.pt when ``milestone``) atomically; rank 0 writes."""
@@ -270,38 +171,7 @@ class Trainer:
 
     def load(self, path: str | Path) -> None:
         """Restore everything from a checkpoint written by :meth:`save` (exact resume)."""
-        ckpt = load_checkpoint(path, map_location="cpu")
-        if ckpt.get("format") != CKPT_FORMAT:
-            raise ValueError(f"{str(path)!r} is an exported model, not a training checkpoint: cannot resume from it")
-        check = resume_check(dict(ckpt["config"]), self.config)
-        load_weights(self.net, ckpt["model"], source=f"{str(path)!r}")
-        if check and self.is_main:
-            warnings.warn(f"resuming {path} with changed settings {check.keys}: the run is no longer one "
-                          "reproducible experiment", stacklevel=2)
-        load_ema_state(self.ema, ckpt["ema"], int(ckpt["ema_n_averaged"]))
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
-        if self.scaler is not None and ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.epoch = int(ckpt["epoch"])
-        self.step = int(ckpt["step"])
-        self.epoch_step = min(int(ckpt["epoch_step"]), self.steps_per_epoch)
-        self.epoch_loss_sum = float(ckpt["epoch_loss_sum"])
-        self.epoch_loss_count = int(ckpt["epoch_loss_count"])
-        self.nonfinite_steps = int(ckpt["nonfinite_steps"])
-        self.skipped_images = int(ckpt.get("skipped_images", 0))
-        self.elapsed_before = float(ckpt["elapsed_s"])
-        rng = ckpt["rng"]
-        restore_rng_state(rng)
-        gens = rng["train_generators"]
-        if len(gens) == self.dist.world_size:
-            self.generator.set_state(gens[self.dist.rank].to(self.generator.get_state().device))
-        elif self.is_main:
-            warnings.warn(f"checkpoint was written by {len(gens)} processes, now {self.dist.world_size}: "
-                          "noise streams are reseeded (the run continues, not bit-exactly)", stacklevel=2)
-        self.resumed_from = Path(ckpt["path"])
-        if self.write:
-            truncate_loss_log(self.csv_path, self.step)
+        restore_trainer(self, path)
 
     # ---------------------------------------------------------------- logging
 
@@ -309,40 +179,15 @@ class Trainer:
     def csv_path(self) -> Path:
         return self.out_dir / "losses.csv"
 
-    def _session_elapsed(self) -> float:
+    def session_elapsed(self) -> float:
+        """Seconds since this session's :meth:`fit` began (0 before)."""
         return time.monotonic() - self._t0 if hasattr(self, "_t0") else 0.0
 
     # ---------------------------------------------------------------- previews
 
-    @torch.no_grad()
     def preview(self, n: int | None = None) -> Tensor:
-        """Samples [n, C, H, W] of the EMA model from the fixed preview noise (same noise every epoch).
-
-        DDPM models: all T steps of Algorithm 2; flow-matching models: 25 Heun steps (50 network calls).
-        """
-        n = n or self.config.preview_n
-        g = torch.Generator(device=self.device).manual_seed(self.config.seed + 2)
-        with autocast(self.device, self.amp_dtype):
-            if self.config.objective == "flow":
-                x = heun_sample(self.ema.module, self.preview_noise[:n].shape, steps=25,
-                                x1=self.preview_noise[:n].to(self.device), progress=False)
-                return x.float().cpu()
-            x = sample(self.ema.module, self.schedule, self.preview_noise[:n].shape, generator=g,
-                       x_T=self.preview_noise[:n].to(self.device), progress=False)
-        return x.float().cpu()
-
-    def _write_preview(self) -> None:
-        if not (self.write and self.config.preview_every > 0 and self.config.preview_n > 0):
-            return
-        if self.epoch % self.config.preview_every and self.epoch != self.config.epochs:
-            return
-        from .plots import auto_scale, save_grid
-
-        images = self.preview()
-        path = save_grid(images, self.out_dir / "previews" / f"epoch_{self.epoch:04d}.png",
-                         scale=auto_scale(self.config.image_size))
-        for cb in self.callbacks:
-            cb.on_preview(self, images, path)
+        """Samples [n, C, H, W] of the EMA model from the fixed preview noise (same noise every epoch)."""
+        return preview_samples(self, n)
 
     # ---------------------------------------------------------------- the loop
 
@@ -351,7 +196,7 @@ class Trainer:
         reason = None
         if c.max_steps > 0 and self.step >= c.max_steps:
             reason = "max_steps"
-        elif c.time_budget_s > 0 and self._session_elapsed() >= c.time_budget_s:
+        elif c.time_budget_s > 0 and self.session_elapsed() >= c.time_budget_s:
             reason = "time_budget"
         if self.dist.enabled and c.time_budget_s > 0:  # every rank must stop at the same step
             flag = all_reduce_sum([1.0 if reason else 0.0], self.dist, self.device)[0]
@@ -472,7 +317,7 @@ class Trainer:
         result = TrainResult(
             out_dir=self.out_dir, step=self.step, epoch=self.epoch, stopped=stopped,
             final_loss=float(np.mean(tail)) if tail else float("nan"),
-            elapsed_s=self._session_elapsed(), total_elapsed_s=self.elapsed_before + self._session_elapsed(),
+            elapsed_s=self.session_elapsed(), total_elapsed_s=self.elapsed_before + self.session_elapsed(),
             nonfinite_steps=self.nonfinite_steps, skipped_images=self.skipped_images,
             checkpoint=self.ckpt_dir / "ckpt_latest.pt", step_losses=self.session_losses,
         )
@@ -486,13 +331,13 @@ class Trainer:
         self.epoch += 1
         row = {"epoch": self.epoch, "step": self.step, "loss": total / count if count else float("nan"),
                "lr": self.lr, "images_per_s": images / max(seconds, 1e-9),
-               "elapsed_s": self.elapsed_before + self._session_elapsed()}
+               "elapsed_s": self.elapsed_before + self.session_elapsed()}
         self.epoch_step = 0
         self.epoch_loss_sum = 0.0
         self.epoch_loss_count = 0
         if self.write:
             append_loss_log(self.csv_path, [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}])
-        self._write_preview()
+        write_preview(self)
         milestone = c.milestone_every > 0 and self.epoch % c.milestone_every == 0
         self.save(milestone=milestone)
         for cb in self.callbacks if self.is_main else ():

@@ -1,17 +1,18 @@
-"""Build ``kaggle/ddpm_celebahq.ipynb`` from ``kaggle/notebook_template.py`` and the ``ddpm_ref`` sources.
+"""Build ``kaggle/ddpm_celebahq.ipynb`` from the cells in ``kaggle/notebook/`` and the ``ddpm_ref`` sources.
 
 Kaggle runs the notebook with the internet off, so the notebook carries its code: one cell near the top writes
-every ``ddpm_ref/*.py`` file that git tracks (and ``kaggle/ddpm_kaggle.py``, the Kaggle glue) into
+every ``ddpm_ref/*.py`` file that git tracks (and ``kaggle/ddpm_kaggle/*.py``, the Kaggle glue) into
 ``<working dir>/ddpm_ref_src`` and puts that folder first on ``sys.path``. The package stays the single source;
-this script copies it in. After any change to ``ddpm_ref/`` (or to the template or glue), rebuild and commit the
+this script copies it in. After any change to ``ddpm_ref/`` (or to the cells or glue), rebuild and commit the
 notebook with it: ``tests/test_kaggle_build.py`` fails while the committed notebook is stale.
 
     python kaggle/build.py            # rewrite the notebook
     python kaggle/build.py --check    # exit 1 if the committed notebook differs from a fresh build
 
-The template is a Python file in the "percent" format: ``# %%`` starts a code cell, ``# %% [markdown]`` a
-markdown cell whose lines are comments (``# `` is stripped), and ``# %% [package]`` marks where the package cell
-goes. Lines before the first marker (the template's own docstring and lint settings) are not part of the notebook.
+The cells are Python files in the "percent" format, ``kaggle/notebook/NN_part.py``, joined in file-name order:
+``# %%`` starts a code cell, ``# %% [markdown]`` a markdown cell whose lines are comments (``# `` is stripped), and
+``# %% [package]`` marks where the package cell goes. Lines before a file's first marker (its own docstring and
+lint settings) are not part of the notebook.
 The output is deterministic (fixed cell ids, no outputs), so a rebuild of unchanged sources is byte-identical.
 """
 
@@ -27,10 +28,10 @@ import nbformat
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-TEMPLATE = HERE / "notebook_template.py"
+TEMPLATE_DIR = HERE / "notebook"
 NOTEBOOK = HERE / "ddpm_celebahq.ipynb"
 PACKAGE_DIR = REPO / "ddpm_ref"
-GLUE = HERE / "ddpm_kaggle.py"
+GLUE_DIR = HERE / "ddpm_kaggle"
 
 MARKER = re.compile(r"^# %%(?:\s+\[(?P<kind>\w+)\])?\s*$")
 
@@ -48,12 +49,23 @@ def package_sources() -> list[Path]:
 
 
 def package_files() -> dict[str, str]:
-    """{path inside the source folder: text} for every ``ddpm_ref/**/*.py`` and the glue module, sorted."""
+    """{path inside the source folder: text} for every ``ddpm_ref/**/*.py`` and the glue package, sorted."""
     files = {p.relative_to(REPO).as_posix(): p.read_text(encoding="utf-8") for p in package_sources()}
     if "ddpm_ref/__init__.py" not in files:
         raise SystemExit(f"{PACKAGE_DIR} has no __init__.py: run from a checkout of the repository")
-    files["ddpm_kaggle.py"] = GLUE.read_text(encoding="utf-8")
+    for path in glue_sources():
+        files[path.relative_to(HERE).as_posix()] = path.read_text(encoding="utf-8")
     return files
+
+
+def glue_sources() -> list[Path]:
+    """The Kaggle glue package's ``.py`` files, sorted."""
+    return sorted(GLUE_DIR.glob("*.py"))
+
+
+def template_parts() -> list[Path]:
+    """The notebook's cell files, in the order they are joined."""
+    return sorted(TEMPLATE_DIR.glob("[0-9][0-9]_*.py"))
 
 
 def _literal(text: str) -> str:
@@ -98,7 +110,7 @@ def parse_template(text: str) -> list[tuple[str, str]]:
         if m:
             kind = m.group("kind") or "code"
             if kind not in ("code", "markdown", "package"):
-                raise SystemExit(f"{TEMPLATE.name}: unknown cell kind [{kind}] in line {line!r}")
+                raise SystemExit(f"{TEMPLATE_DIR.name}: unknown cell kind [{kind}] in line {line!r}")
             cells.append((kind, []))
         elif cells:
             cells[-1][1].append(line)
@@ -111,14 +123,14 @@ def parse_template(text: str) -> list[tuple[str, str]]:
         if kind == "markdown":
             bad = [ln for ln in lines if ln and not ln.startswith("#")]
             if bad:
-                raise SystemExit(f"{TEMPLATE.name}: markdown line without '#': {bad[0]!r}")
+                raise SystemExit(f"{TEMPLATE_DIR.name}: markdown line without '#': {bad[0]!r}")
             lines = [ln[2:] if ln.startswith("# ") else ln[1:] for ln in lines]
         out.append((kind, "\n".join(lines)))
     return out
 
 
 def build_notebook() -> nbformat.NotebookNode:
-    """The notebook, from the template and the current package sources."""
+    """The notebook, from the cell files and the current package sources."""
     nb = nbformat.v4.new_notebook()
     nb.metadata = {
         "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
@@ -126,7 +138,8 @@ def build_notebook() -> nbformat.NotebookNode:
         "kaggle": {"accelerator": "nvidiaTeslaT4", "isInternetEnabled": False, "isGpuEnabled": True},
     }
     files = package_files()
-    for i, (kind, source) in enumerate(parse_template(TEMPLATE.read_text(encoding="utf-8"))):
+    cells = [cell for part in template_parts() for cell in parse_template(part.read_text(encoding="utf-8"))]
+    for i, (kind, source) in enumerate(cells):
         cid = f"cell-{i:03d}"
         if kind == "markdown":
             nb.cells.append(nbformat.v4.new_markdown_cell(source, id=cid))
@@ -154,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         current = args.out.read_text(encoding="utf-8") if args.out.is_file() else ""
         if current != text:
-            print(f"{args.out} is out of date with ddpm_ref/ or {TEMPLATE.name}: run python kaggle/build.py",
+            print(f"{args.out} is out of date with ddpm_ref/, kaggle/notebook/ or kaggle/ddpm_kaggle/: run "
+                  "python kaggle/build.py",
                   file=sys.stderr)
             return 1
         print(f"{args.out} is up to date")

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 import ddpm_ref as R
+from tests._asserts import fmt
 
 #: the seed run's number of steps
 T = 400
@@ -58,3 +59,24 @@ def expect_two_point_mixture(x: Tensor) -> None:
             f"samples should be constant images of −0.5 or +0.5 with weights 0.3 / 0.7; the fraction of +0.5 is "
             f"{frac:.3f} and the worst sample is {float(near.max()):.3g} away from either"
         )
+
+
+#: data = this one fixed 2×2 image (a point mass) [1, 1, 2, 2]
+POINT_MASS_IMAGE = torch.tensor([[-0.5, 0.2], [0.7, 0.9]]).reshape(1, 1, 2, 2)
+
+
+def expect_point_mass(x: Tensor, samples: str) -> None:
+    """Every sample of ``x`` [N, 1, 2, 2] within 1e-3 of :data:`POINT_MASS_IMAGE` (``samples`` names them)."""
+    err = float((x - POINT_MASS_IMAGE).abs().max())
+    if err > 1e-3:
+        raise AssertionError(f"with data = one fixed image {fmt(POINT_MASS_IMAGE)}, every {samples} should equal it; "
+                             f"the worst is off by {err:.3g}")
+
+
+def expect_gaussian_samples(x: Tensor, driver: str, sampler: str, *, std_tol: float = 0.015, hint: str = "") -> None:
+    """Samples ``x`` of data N(0.3, 0.2²): mean 0.3 ± 0.01 and std 0.2 ± ``std_tol``. ``driver`` names the exact
+    predictor that drove ``sampler`` (e.g. "noise predictor", "velocity"); ``hint`` ends the message."""
+    m, sd = float(x.mean()), float(x.std())
+    if abs(m - 0.3) > 0.01 or abs(sd - 0.2) > std_tol:
+        raise AssertionError(f"with the exact {driver} of N(0.3, 0.2²) data, {sampler} should return mean ≈ 0.3 and "
+                             f"std ≈ 0.2; got mean {m:.4f}, std {sd:.4f}" + (f". Hint: {hint}" if hint else ""))

@@ -321,22 +321,25 @@ def test_mistake_submissions_keep_the_rest(graded: Graded) -> None:
     assert not wrong, "\n".join(wrong)
 
 
-def test_raising_submission_is_scored(graded: Graded) -> None:
-    if "02_forward_diffusion" not in LESSONS:
-        pytest.skip("lesson 02 is not graded in this run (DDPM_NBGRADER_LESSONS)")
-    (sub,) = _subs(graded, "raises")
+def _scored_alone(graded: Graded, student: str, lesson: str) -> Submission:
+    """The one submission of ``student`` (the test is skipped when ``lesson`` is not graded in this run), checked
+    to lose no points outside its own broken cell."""
+    if lesson not in LESSONS:
+        pytest.skip(f"lesson {lesson[:2]} is not graded in this run (DDPM_NBGRADER_LESSONS)")
+    (sub,) = _subs(graded, student)
     wrong = _wrong_cells(graded, sub)
     assert not wrong, "\n".join(wrong)
+    return sub
+
+
+def test_raising_submission_is_scored(graded: Graded) -> None:
+    sub = _scored_alone(graded, "raises", "02_forward_diffusion")
     out = _check_cell_output(graded.autograded(sub), "check_predict_x0")
     assert "define `predict_x0` first" in out, out
 
 
 def test_looping_submission_is_stopped_and_scored(graded: Graded) -> None:
-    if "01_noise_schedule" not in LESSONS:
-        pytest.skip("lesson 01 is not graded in this run (DDPM_NBGRADER_LESSONS)")
-    (sub,) = _subs(graded, "loops")
-    wrong = _wrong_cells(graded, sub)
-    assert not wrong, "\n".join(wrong)
+    sub = _scored_alone(graded, "loops", "01_noise_schedule")
     cell = solution_cell(graded.autograded(sub), "linear_beta_schedule")
     errors = [o for o in cell.outputs if o.output_type == "error"]
     assert errors and errors[0].ename in ("CellTimeoutError", "KeyboardInterrupt"), cell.outputs

@@ -11,9 +11,12 @@ import torch
 from torch import Tensor
 
 import ddpm_ref as R
-from tests._asserts import Recorder, call, expect_close, expect_tensor, fmt, timesteps_summary
+from tests._asserts import Recorder, call, expect_close, expect_tensor, timesteps_summary
 from tests._fixtures import (
+    POINT_MASS_IMAGE,
     T,
+    expect_gaussian_samples,
+    expect_point_mass,
     expect_two_point_mixture,
     fixed_eps,
     gen,
@@ -220,12 +223,9 @@ def test_ddim_sample_deterministic_chain(impl) -> None:
 def test_ddim_sample_point_mass(impl) -> None:
     """Data = one fixed 2×2 image: 20 DDIM steps from noise return it for every sample (within 1e-3)."""
     s = noise_reaching_schedule()
-    image = torch.tensor([[-0.5, 0.2], [0.7, 0.9]]).reshape(1, 1, 2, 2)
-    x = _sample(impl, R.GaussianMixtureOracle(s, image, [0.0]), s, (200, 1, 2, 2), steps=20, generator=gen(2))
-    err = float((x - image).abs().max())
-    if err > 1e-3:
-        raise AssertionError(f"with data = one fixed image {fmt(image)}, every DDIM sample should equal it; "
-                             f"the worst is off by {err:.3g}")
+    x = _sample(impl, R.GaussianMixtureOracle(s, POINT_MASS_IMAGE, [0.0]), s, (200, 1, 2, 2), steps=20,
+                generator=gen(2))
+    expect_point_mass(x, "DDIM sample")
 
 
 @check("ddim_sample", hidden=True)
@@ -236,10 +236,7 @@ def test_ddim_sample_gaussian_data(impl) -> None:
     """
     s = noise_reaching_schedule()
     x = _sample(impl, R.GaussianMixtureOracle(s, [0.3], [0.2]), s, (2000, 1, 2, 2), steps=T, generator=gen(3))
-    m, sd = float(x.mean()), float(x.std())
-    if abs(m - 0.3) > 0.01 or abs(sd - 0.2) > 0.015:
-        raise AssertionError(f"with the exact noise predictor of N(0.3, 0.2²) data, 400 DDIM steps should give mean "
-                             f"≈ 0.3 and std ≈ 0.2; got mean {m:.4f}, std {sd:.4f}")
+    expect_gaussian_samples(x, "noise predictor", "400 DDIM steps")
 
 
 @check("ddim_sample", hidden=True)

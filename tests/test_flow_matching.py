@@ -22,13 +22,10 @@ from torch import Tensor, nn
 import ddpm_ref as R
 from ddpm_ref.flow import TIME_SCALE, GaussianMixtureVelocity, flow_times
 from tests._asserts import call, expect_close, expect_tensor, fmt
+from tests._fixtures import expect_gaussian_samples, gen
 from tests.harness import check
 
 SHAPE = (6, 1, 4, 4)
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 class Probe(nn.Module):
@@ -121,10 +118,14 @@ def two_point_mixture() -> GaussianMixtureVelocity:
     return GaussianMixtureVelocity([-0.5, 0.5], [0.05, 0.05], [0.3, 0.7])
 
 
-def _mixture_summary(x: Tensor) -> tuple[float, float]:
-    """(fraction of images whose mean is > 0, worst distance of an image's mean from ±0.5)."""
+def _expect_two_point_mixture(x: Tensor) -> None:
+    """Samples x [N, ...] of :func:`two_point_mixture`: 0.7 ± 0.045 of the images have a mean > 0, and every
+    image's mean is within 0.1 of −0.5 or +0.5."""
     m = x.flatten(1).mean(1)
-    return float((m > 0).double().mean()), float(torch.minimum((m + 0.5).abs(), (m - 0.5).abs()).max())
+    frac, worst = float((m > 0).double().mean()), float(torch.minimum((m + 0.5).abs(), (m - 0.5).abs()).max())
+    if abs(frac - 0.7) > 0.045 or worst > 0.1:
+        raise AssertionError(f"samples should be images near −0.5 or +0.5 with weights 0.3 / 0.7; the fraction near "
+                             f"+0.5 is {frac:.3f} and the worst image mean is {worst:.3g} away from either")
 
 
 # ---------------------------------------------------------------------------------------- flow_matching_loss
@@ -330,11 +331,8 @@ def test_euler_sample_returns_the_data(impl) -> None:
     """Driven by the exact velocity of N(0.3, 0.2²) data, 200 Euler steps give mean 0.3 ± 0.01, std 0.2 ± 0.01."""
     x = _sample(impl, "euler_sample", GaussianMixtureVelocity([0.3], [0.2]), (2000, 1, 2, 2), steps=200,
                 generator=gen(2))
-    m, sd = float(x.mean()), float(x.std())
-    if abs(m - 0.3) > 0.01 or abs(sd - 0.2) > 0.01:
-        raise AssertionError(f"with the exact velocity of N(0.3, 0.2²) data, 200 Euler steps should return mean ≈ 0.3 "
-                             f"and std ≈ 0.2; got mean {m:.4f}, std {sd:.4f}. Hint: start from N(0, I) at t = 1 and "
-                             "step down to t = 0")
+    expect_gaussian_samples(x, "velocity", "200 Euler steps", std_tol=0.01,
+                            hint="start from N(0, I) at t = 1 and step down to t = 0")
 
 
 @check("euler_sample", hidden=True)
@@ -351,10 +349,7 @@ def test_euler_sample_few_steps_match_the_exact_recursion(impl) -> None:
 def test_euler_sample_two_point_mixture(impl) -> None:
     """Constant images −0.5 (0.3) / +0.5 (0.7), 50 steps: 0.7 ± 0.045 of 1000 samples are near +0.5."""
     x = _sample(impl, "euler_sample", two_point_mixture(), (1000, 1, 4, 4), steps=50, generator=gen(4))
-    frac, worst = _mixture_summary(x)
-    if abs(frac - 0.7) > 0.045 or worst > 0.1:
-        raise AssertionError(f"samples should be images near −0.5 or +0.5 with weights 0.3 / 0.7; the fraction near "
-                             f"+0.5 is {frac:.3f} and the worst image mean is {worst:.3g} away from either")
+    _expect_two_point_mixture(x)
 
 
 # ---------------------------------------------------------------------------------------- heun_sample
@@ -412,11 +407,8 @@ def test_heun_sample_returns_the_data(impl) -> None:
     """Driven by the exact velocity of N(0.3, 0.2²) data, 25 Heun steps give mean 0.3 ± 0.01, std 0.2 ± 0.006."""
     x = _sample(impl, "heun_sample", GaussianMixtureVelocity([0.3], [0.2]), (2000, 1, 2, 2), steps=25,
                 generator=gen(7))
-    m, sd = float(x.mean()), float(x.std())
-    if abs(m - 0.3) > 0.01 or abs(sd - 0.2) > 0.006:
-        raise AssertionError(f"with the exact velocity of N(0.3, 0.2²) data, 25 Heun steps should return mean ≈ 0.3 "
-                             f"and std ≈ 0.2; got mean {m:.4f}, std {sd:.4f}. Hint: predictor x̃ = x + h·v, corrector "
-                             "with the average of v(x, t) and v(x̃, t_next)")
+    expect_gaussian_samples(x, "velocity", "25 Heun steps", std_tol=0.006,
+                            hint="predictor x̃ = x + h·v, corrector with the average of v(x, t) and v(x̃, t_next)")
 
 
 @check("heun_sample", hidden=True)
@@ -434,10 +426,7 @@ def test_heun_sample_few_steps_match_the_exact_recursion(impl) -> None:
 def test_heun_sample_two_point_mixture(impl) -> None:
     """Constant images −0.5 (0.3) / +0.5 (0.7), 25 steps: 0.7 ± 0.045 of 1000 samples are near +0.5."""
     x = _sample(impl, "heun_sample", two_point_mixture(), (1000, 1, 4, 4), steps=25, generator=gen(9))
-    frac, worst = _mixture_summary(x)
-    if abs(frac - 0.7) > 0.045 or worst > 0.1:
-        raise AssertionError(f"samples should be images near −0.5 or +0.5 with weights 0.3 / 0.7; the fraction near "
-                             f"+0.5 is {frac:.3f} and the worst image mean is {worst:.3g} away from either")
+    _expect_two_point_mixture(x)
 
 
 # ---------------------------------------------------------------------------------------- reference facts

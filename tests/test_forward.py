@@ -32,6 +32,16 @@ def forward_closed_form(x0: torch.Tensor, noise: torch.Tensor, ab: torch.Tensor)
     return ab.sqrt() * x0.double() + (1 - ab).sqrt() * noise.double()
 
 
+def _call_on_a_batch(fn, call: str, seed: int):
+    """``fn(a, MIXED_T, b, schedule)`` on ``images(6, seed)`` (the calling convention of q_sample and predict_x0),
+    checked to return a tensor shaped like ``a``: (out, a, b, schedule)."""
+    s = seed_schedule()
+    a, b = images(len(MIXED_T), seed)
+    out = fn(a, MIXED_T, b, s)
+    expect_tensor(out, call, shape=a.shape, dtype=a.dtype, device=a.device)
+    return out, a, b, s
+
+
 # ---------------------------------------------------------------------------------------- q_sample
 
 
@@ -60,11 +70,7 @@ def _q_sample_diagnoses(s: R.NoiseSchedule, x0, noise, t) -> list:
 @check("q_sample")
 def test_q_sample_values(impl) -> None:
     """x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε (eq. 4) for a batch with one t per sample, t = 0 … 399."""
-    s = seed_schedule()
-    x0, noise = images(len(MIXED_T), 0)
-    out = impl.q_sample(x0, MIXED_T, noise, s)
-    expect_tensor(out, "q_sample(x0 [6, 3, 8, 8], t [6], noise, schedule)", shape=x0.shape, dtype=x0.dtype,
-                  device=x0.device)
+    out, x0, noise, s = _call_on_a_batch(impl.q_sample, "q_sample(x0 [6, 3, 8, 8], t [6], noise, schedule)", 0)
     expected = forward_closed_form(x0, noise, per_sample(s.alpha_bars, MIXED_T))
     expect_close(out, expected, f"q_sample with t = {MIXED_T.tolist()}", atol=5e-5, rtol=1e-5,
                  diagnoses=_q_sample_diagnoses(s, x0, noise, MIXED_T),
@@ -120,11 +126,7 @@ def _x0_closed_form(x_t, eps, ab):
 @check("predict_x0")
 def test_predict_x0_values(impl) -> None:
     """x̂0 = (x_t − √(1 − ᾱ_t)·ε)/√ᾱ_t for a batch with one t per sample."""
-    s = seed_schedule()
-    x_t, eps = images(len(MIXED_T), 3)
-    out = impl.predict_x0(x_t, MIXED_T, eps, s)
-    expect_tensor(out, "predict_x0(x_t [6, 3, 8, 8], t [6], eps, schedule)", shape=x_t.shape, dtype=x_t.dtype,
-                  device=x_t.device)
+    out, x_t, eps, s = _call_on_a_batch(impl.predict_x0, "predict_x0(x_t [6, 3, 8, 8], t [6], eps, schedule)", 3)
     ab = per_sample(s.alpha_bars, MIXED_T)
     xd, ed = x_t.double(), eps.double()
     expect_close(out, _x0_closed_form(x_t, eps, ab), f"predict_x0 with t = {MIXED_T.tolist()}", atol=1e-4, rtol=1e-5,
@@ -172,13 +174,19 @@ def _posterior(impl, x0, x_t, t, s, label):
     return out
 
 
+def _posterior_of_a_batch(impl, seed: int):
+    """q_posterior on ``images(6, seed)`` as (x0, x_t) with t = MIXED_T: ((mean, variance), x0, x_t, schedule,
+    the call's label)."""
+    s = seed_schedule()
+    x0, x_t = images(len(MIXED_T), seed)
+    label = "q_posterior(x0 [6, 3, 8, 8], x_t, t [6], schedule)"
+    return _posterior(impl, x0, x_t, MIXED_T, s, label), x0, x_t, s, label
+
+
 @check("q_posterior")
 def test_q_posterior_mean(impl) -> None:
     """μ̃_t = √ᾱ_{t−1}β_t/(1−ᾱ_t)·x0 + √α_t(1−ᾱ_{t−1})/(1−ᾱ_t)·x_t (eq. 7); at t = 0 it is x0 itself."""
-    s = seed_schedule()
-    x0, x_t = images(len(MIXED_T), 5)
-    label = "q_posterior(x0 [6, 3, 8, 8], x_t, t [6], schedule)"
-    mean, _ = _posterior(impl, x0, x_t, MIXED_T, s, label)
+    (mean, _), x0, x_t, s, label = _posterior_of_a_batch(impl, 5)
     expect_tensor(mean, f"the mean of {label}", shape=x0.shape, dtype=x0.dtype, device=x0.device)
     b = per_sample(s.betas, MIXED_T)
     a = per_sample(s.alphas, MIXED_T)
@@ -202,10 +210,7 @@ def test_q_posterior_mean(impl) -> None:
 @check("q_posterior")
 def test_q_posterior_variance(impl) -> None:
     """β̃_t = β_t(1 − ᾱ_{t−1})/(1 − ᾱ_t) (eq. 7), per sample, broadcastable to x ([B, 1, 1, 1]); 0 at t = 0."""
-    s = seed_schedule()
-    x0, x_t = images(len(MIXED_T), 6)
-    label = "q_posterior(x0 [6, 3, 8, 8], x_t, t [6], schedule)"
-    _, var = _posterior(impl, x0, x_t, MIXED_T, s, label)
+    (_, var), x0, x_t, s, label = _posterior_of_a_batch(impl, 6)
     if not isinstance(var, torch.Tensor):
         raise AssertionError(f"the variance of {label} should be a tensor [B, 1, 1, 1], got {type(var).__name__}")
     try:

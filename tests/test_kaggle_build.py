@@ -41,7 +41,7 @@ def notebook() -> nbformat.NotebookNode:
 def test_committed_notebook_is_a_fresh_build(build: ModuleType) -> None:
     committed = (KAGGLE / "ddpm_celebahq.ipynb").read_text(encoding="utf-8")
     assert committed == build.render(), (
-        "kaggle/ddpm_celebahq.ipynb is stale: ddpm_ref/, kaggle/notebook_template.py or kaggle/ddpm_kaggle.py "
+        "kaggle/ddpm_celebahq.ipynb is stale: ddpm_ref/, kaggle/notebook/ or kaggle/ddpm_kaggle/ "
         "changed since it was built. Run `python kaggle/build.py` and commit the notebook."
     )
 
@@ -82,7 +82,9 @@ def _package_cell_files(notebook: nbformat.NotebookNode) -> dict[str, str]:
 
 def test_package_cell_carries_the_package_verbatim(notebook: nbformat.NotebookNode, build: ModuleType) -> None:
     files = _package_cell_files(notebook)
-    expected = {p.relative_to(REPO).as_posix() for p in build.package_sources()} | {"ddpm_kaggle.py"}
+    expected = ({p.relative_to(REPO).as_posix() for p in build.package_sources()}
+                | {p.relative_to(KAGGLE).as_posix() for p in build.glue_sources()})
+    assert "ddpm_kaggle/__init__.py" in expected
     assert set(files) == expected
     for name, text in files.items():
         source = REPO / name if name.startswith("ddpm_ref/") else KAGGLE / name
@@ -98,7 +100,8 @@ def test_package_cell_comes_before_any_import_of_the_package(notebook: nbformat.
 
 
 def test_template_keeps_no_second_copy_of_the_model_or_math() -> None:
-    template = (KAGGLE / "notebook_template.py").read_text(encoding="utf-8")
+    template = "\n".join(p.read_text(encoding="utf-8") for p in sorted((KAGGLE / "notebook").glob("*.py")))
+    assert "# %% [package]" in template
     assert not re.search(r"^\s*class \w+\(", template, re.M), "classes belong in ddpm_ref, not in the notebook"
     defined = set(re.findall(r"^\s*def (\w+)\(", template, re.M))
     import ddpm_ref

@@ -1,4 +1,4 @@
-"""kaggle/ddpm_kaggle.py: data discovery, resume from an attached output, env overrides, GPU readout and ETA."""
+"""kaggle/ddpm_kaggle/: data discovery, resume from an attached output, env overrides, GPU readout and ETA."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ KAGGLE = Path(__file__).resolve().parent.parent / "kaggle"
 
 @pytest.fixture(scope="module")
 def kg() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ddpm_kaggle", KAGGLE / "ddpm_kaggle.py")
+    spec = importlib.util.spec_from_file_location("ddpm_kaggle", KAGGLE / "ddpm_kaggle" / "__init__.py",
+                                                  submodule_search_locations=[str(KAGGLE / "ddpm_kaggle")])
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("ddpm_kaggle", module)  # dataclasses look their module up while the file runs
+    sys.modules.setdefault("ddpm_kaggle", module)  # its modules import each other (and dataclasses look them up)
     spec.loader.exec_module(module)
     return module
 
@@ -163,9 +164,9 @@ def test_format_duration(kg: ModuleType, seconds: float, text: str) -> None:
 
 
 def test_loader_workers_share_the_cpus(kg: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kg, "cpu_count", lambda: 4)  # a Kaggle GPU session
+    monkeypatch.setattr(kg.hardware, "cpu_count", lambda: 4)  # a Kaggle GPU session
     assert kg.loader_workers(1) == 3 and kg.loader_workers(2) == 2
-    monkeypatch.setattr(kg, "cpu_count", lambda: 1)
+    monkeypatch.setattr(kg.hardware, "cpu_count", lambda: 1)
     assert kg.loader_workers(1) == 0 and kg.loader_workers(2) == 0
 
 
@@ -200,7 +201,7 @@ def test_gpu_monitor_keeps_peak_memory_and_mean_utilisation(kg: ModuleType, monk
         [{"gpu": 0, "name": "Tesla T4", "used_mib": 3072.0, "total_mib": 15360.0, "util_pct": 60.0},
          {"gpu": 1, "name": "Tesla T4", "used_mib": 256.0, "total_mib": 15360.0, "util_pct": float("nan")}],
     ])
-    monkeypatch.setattr(kg, "gpu_memory_table", lambda: next(readings))
+    monkeypatch.setattr(kg.progress, "gpu_memory_table", lambda: next(readings))
     monitor = kg.GpuMonitor(interval=60)
     monitor.sample()
     monitor.sample()
@@ -211,7 +212,7 @@ def test_gpu_monitor_keeps_peak_memory_and_mean_utilisation(kg: ModuleType, monk
 
 
 def test_gpu_monitor_without_gpus(kg: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kg, "gpu_memory_table", list)
+    monkeypatch.setattr(kg.progress, "gpu_memory_table", list)
     with kg.GpuMonitor(interval=0.01) as monitor:
         pass
     assert monitor.report() == "no GPU visible: memory per GPU not measured"
@@ -229,7 +230,7 @@ def _csv(path: Path, rows: list[tuple[int, float]]) -> None:
 def test_loss_log_watcher_reports_new_rows_with_eta(kg: ModuleType, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture) -> None:
-    monkeypatch.setattr(kg, "gpu_memory_table", list)
+    monkeypatch.setattr(kg.progress, "gpu_memory_table", list)
     path = tmp_path / "losses.csv"
     _csv(path, [(1, 30.0), (2, 60.0)])  # a previous session
     watch = kg.LossLogWatcher(path, epochs=10, time_budget_s=100.0)
@@ -249,7 +250,7 @@ def test_loss_log_watcher_reports_new_rows_with_eta(kg: ModuleType, tmp_path: Pa
 
 def test_notebook_progress_estimates_the_finish(kg: ModuleType, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
-    monkeypatch.setattr(kg, "gpu_memory_table", list)
+    monkeypatch.setattr(kg.progress, "gpu_memory_table", list)
     trainer = SimpleNamespace(config=SimpleNamespace(epochs=10, time_budget_s=0.0), steps_per_epoch=10, step=40,
                               epoch=4, resumed_from=None)
     cb = kg.NotebookProgress(warmup_steps=5, show_previews=False)
@@ -313,7 +314,7 @@ def test_gpu_problems_stop_on_an_unsupported_gpu_and_warn_on_one(kg: ModuleType,
 def test_loader_workers_fit_in_shared_memory(kg: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     batch = 16 * 3 * 256 * 256  # uint8 bytes of one batch of the seed run: 3 MiB
     usage = SimpleNamespace(total=64 * 2**20, used=0, free=64 * 2**20)  # Docker's default /dev/shm
-    monkeypatch.setattr(kg.shutil, "disk_usage", lambda path: usage)
+    monkeypatch.setattr(kg.hardware.shutil, "disk_usage", lambda path: usage)
     workers, note = kg.fit_workers_to_shared_memory(3, batch)
     assert workers == 3 and note == ""  # 3 workers × 4 batches × 3 MiB = 36 MiB of 64
     workers, note = kg.fit_workers_to_shared_memory(3, batch * 4)  # the same batches as float32 would not fit
@@ -324,7 +325,7 @@ def test_loader_workers_fit_in_shared_memory(kg: ModuleType, monkeypatch: pytest
     def missing(path):
         raise FileNotFoundError(path)
 
-    monkeypatch.setattr(kg.shutil, "disk_usage", missing)
+    monkeypatch.setattr(kg.hardware.shutil, "disk_usage", missing)
     assert kg.fit_workers_to_shared_memory(3, batch) == (3, "")
 
 

@@ -16,10 +16,13 @@ from scipy.special import expit
 from torch import Tensor
 
 import ddpm_ref as R
-from tests._asserts import Recorder, call, expect_close, expect_tensor, fmt, timesteps_summary
+from tests._asserts import Recorder, call, expect_close, expect_tensor, timesteps_summary
 from tests._fixtures import (
     MIXED_T,
+    POINT_MASS_IMAGE,
     T,
+    expect_gaussian_samples,
+    expect_point_mass,
     expect_two_point_mixture,
     fixed_eps,
     gen,
@@ -229,24 +232,16 @@ def test_sample_gaussian_data(impl) -> None:
     """
     s = noise_reaching_schedule()
     x = _sample(impl, R.GaussianMixtureOracle(s, [0.3], [0.2]), s, (2000, 1, 2, 2), 0)
-    m, sd = float(x.mean()), float(x.std())
-    if abs(m - 0.3) > 0.01 or abs(sd - 0.2) > 0.015:
-        raise AssertionError(
-            f"with the exact noise predictor of N(0.3, 0.2²) data, sample() should return mean ≈ 0.3 and std ≈ 0.2; "
-            f"got mean {m:.4f}, std {sd:.4f}. Hint: start from N(0, I) at t = T−1 and apply p_sample down to t = 0"
-        )
+    expect_gaussian_samples(x, "noise predictor", "sample()",
+                            hint="start from N(0, I) at t = T−1 and apply p_sample down to t = 0")
 
 
 @check("sample", hidden=True)
 def test_sample_point_mass(impl) -> None:
     """Data = one fixed 2×2 image: every sample equals it (within 1e-3)."""
     s = noise_reaching_schedule()
-    image = torch.tensor([[-0.5, 0.2], [0.7, 0.9]]).reshape(1, 1, 2, 2)
-    x = _sample(impl, R.GaussianMixtureOracle(s, image, [0.0]), s, (200, 1, 2, 2), 1)
-    err = float((x - image).abs().max())
-    if err > 1e-3:
-        raise AssertionError(f"with data = one fixed image {fmt(image)}, every sample should equal it; "
-                             f"the worst is off by {err:.3g}")
+    x = _sample(impl, R.GaussianMixtureOracle(s, POINT_MASS_IMAGE, [0.0]), s, (200, 1, 2, 2), 1)
+    expect_point_mass(x, "sample")
 
 
 @check("sample", hidden=True)
