@@ -94,6 +94,26 @@ NOISE_SCHEDULE = _src('''
             return out.reshape(t.shape[0], *([1] * (x.ndim - 1)))
 ''')
 
+Q_POSTERIOR = _src('''
+    def q_posterior(x0, x_t, t, schedule):
+        c0 = schedule.gather(schedule.posterior_mean_coef_x0, t, x_t)
+        ct = schedule.gather(schedule.posterior_mean_coef_xt, t, x_t)
+        return c0 * x0 + ct * x_t, schedule.gather(schedule.posterior_variance, t, x_t)
+''')
+
+DDPM_LOSS = _src('''
+    from ddpm_ref import q_sample
+
+
+    def ddpm_loss(model, x0, schedule, *, t=None, noise=None, generator=None):
+        if t is None:
+            t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator)
+        x_t = q_sample(x0, t, noise, schedule)
+        return F.mse_loss(model(x_t, t), noise)
+''')
+
 RESBLOCK = _src('''
     class ResBlock(nn.Module):
         def __init__(self, in_ch, out_ch, emb_dim, *, groups=32, dropout=0.0):
@@ -455,24 +475,14 @@ MISTAKES: list[Mistake] = [
         "q_posterior_swapped_coefficients", "q_posterior",
         ("q_posterior_mean", "q_posterior_consistent_with_marginals"),
         "multiplies x0 by the coefficient of x_t and vice versa",
-        _src('''
-            def q_posterior(x0, x_t, t, schedule):
-                c0 = schedule.gather(schedule.posterior_mean_coef_x0, t, x_t)
-                ct = schedule.gather(schedule.posterior_mean_coef_xt, t, x_t)
-                return ct * x0 + c0 * x_t, schedule.gather(schedule.posterior_variance, t, x_t)
-        '''),
+        _edit(Q_POSTERIOR, "return c0 * x0 + ct * x_t,", "return ct * x0 + c0 * x_t,"),
         "swapped",
     ),
     Mistake(
         "q_posterior_variance_beta", "q_posterior",
         ("q_posterior_variance", "q_posterior_consistent_with_marginals"),
         "returns β_t as the posterior variance instead of β̃_t",
-        _src('''
-            def q_posterior(x0, x_t, t, schedule):
-                c0 = schedule.gather(schedule.posterior_mean_coef_x0, t, x_t)
-                ct = schedule.gather(schedule.posterior_mean_coef_xt, t, x_t)
-                return c0 * x0 + ct * x_t, schedule.gather(schedule.betas, t, x_t)
-        '''),
+        _edit(Q_POSTERIOR, "schedule.posterior_variance", "schedule.betas"),
         "that is β_t",
     ),
     # lesson 3
@@ -553,36 +563,14 @@ MISTAKES: list[Mistake] = [
         "loss_on_x0", "ddpm_loss",
         ("ddpm_loss_value", "ddpm_loss_default_sampling"),
         "compares the model's output with x0 instead of the noise ε",
-        _src('''
-            from ddpm_ref import q_sample
-
-
-            def ddpm_loss(model, x0, schedule, *, t=None, noise=None, generator=None):
-                if t is None:
-                    t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator)
-                if noise is None:
-                    noise = torch.randn(x0.shape, generator=generator)
-                x_t = q_sample(x0, t, noise, schedule)
-                return F.mse_loss(model(x_t, t), x0)
-        '''),
+        _edit(DDPM_LOSS, "F.mse_loss(model(x_t, t), noise)", "F.mse_loss(model(x_t, t), x0)"),
         "not with x0",
     ),
     Mistake(
         "loss_t_one_based", "ddpm_loss",
         ("ddpm_loss_default_sampling",),
         "draws t from {1, …, T} (the paper's 1-based range) instead of {0, …, T−1}",
-        _src('''
-            from ddpm_ref import q_sample
-
-
-            def ddpm_loss(model, x0, schedule, *, t=None, noise=None, generator=None):
-                if t is None:
-                    t = torch.randint(1, schedule.T + 1, (x0.shape[0],), generator=generator)
-                if noise is None:
-                    noise = torch.randn(x0.shape, generator=generator)
-                x_t = q_sample(x0, t, noise, schedule)
-                return F.mse_loss(model(x_t, t), noise)
-        '''),
+        _edit(DDPM_LOSS, "torch.randint(0, schedule.T,", "torch.randint(1, schedule.T + 1,"),
         "0-based",
     ),
     Mistake(
