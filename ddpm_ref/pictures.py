@@ -212,6 +212,8 @@ def t_slider(
     if use_widgets:
         import ipywidgets as widgets
 
+        fn(value)  # an error (an unfinished exercise) surfaces in the cell itself, not inside the widget's output
+
         slider = widgets.IntSlider(value=value, min=0, max=T - 1, step=step, description="t",
                                    continuous_update=False,
                                    layout=widgets.Layout(width="600px", max_width="100%"))

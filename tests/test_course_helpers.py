@@ -252,3 +252,14 @@ def test_t_slider_widget_is_wide_and_labelled(monkeypatch: pytest.MonkeyPatch) -
     assert fig._suptitle.get_text() == "t = 100"
     assert [a.get_title() for a in fig.axes if a.images] == [f"x{i}" for i in range(8)]
     assert fig.get_size_inches()[0] >= 4 * 1.8
+
+
+def test_t_slider_raises_in_the_cell_not_inside_the_widget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slider whose pictures need an unfinished exercise fails in the cell (one line), before any widget shows."""
+    import ipywidgets
+
+    made = {}
+    monkeypatch.setattr(ipywidgets, "interact", lambda f, t: made.update(f=f))
+    with pytest.raises(NameError):
+        course.t_slider(lambda t: frames_never_made[t], 10, use_widgets=True)  # noqa: F821
+    assert not made, "the widget was built although its first picture fails"
