@@ -26,6 +26,7 @@ package), so the site needs no network. Needs ``pip install -e ".[site]"``.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import importlib.util
 import os
@@ -80,6 +81,7 @@ MARKDOWN_LINK = re.compile(r"(?<!!)\[([^\]]*)\]\(([^)\s]+)\)")
 LINKED_BADGE = re.compile(r"\[!\[([^\]]*)\]\((?:https?:)?//[^)]*\)\]\(([^)]+)\)")
 HIDDEN_TESTS = "### BEGIN HIDDEN TESTS"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+REMOTE_STYLESHEET = re.compile(r"<link\b[^>]*\bhref=[\"']?(?:https?:)?//[^>]*>", re.I)
 
 
 def release():
@@ -189,8 +191,20 @@ def _grade_id(cell) -> str | None:
 
 
 def _outputs(cell) -> list:
-    """A cell's outputs that a static page can show: widget views need a live kernel and are left out."""
-    return [o for o in cell.get("outputs", []) if WIDGET_VIEW not in o.get("data", {})]
+    """A cell's outputs that a static page can show: widget views need a live kernel and are left out; HTML
+    outputs lose the stylesheets they load from other sites (matplotlib's animations link Font Awesome 4 from a
+    CDN for their buttons: the theme's own Font Awesome draws them)."""
+    outputs = []
+    for out in cell.get("outputs", []):
+        if WIDGET_VIEW in out.get("data", {}):
+            continue
+        if "text/html" in out.get("data", {}):
+            out = copy.deepcopy(out)
+            text = out.data["text/html"]
+            text = "".join(text) if isinstance(text, list) else text
+            out.data["text/html"] = REMOTE_STYLESHEET.sub("", text)
+        outputs.append(out)
+    return outputs
 
 
 def lesson_page(lesson: str, executed: nbformat.NotebookNode, mode: str) -> nbformat.NotebookNode:
@@ -296,7 +310,10 @@ html_theme_options = {{
 }}
 html_context = {{"default_mode": "auto"}}  # a first visit has no stored mode: no console error
 exclude_patterns = ["_build", "**.ipynb_checkpoints"]
-suppress_warnings = ["mystnb.unknown_mime_type"]
+
+
+def setup(app):
+    app.set_html_assets_policy("always")  # MathJax on every page: the navigation shows titles with math
 '''
 
 
