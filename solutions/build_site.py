@@ -364,6 +364,8 @@ def build(lessons: list[str], mode: str, *, src: Path, out: Path, rerun: bool = 
     runs = executions(lessons, mode, rerun=rerun, log=log)
     pages = {lesson: lesson_page(lesson, nb, mode) for lesson, nb in runs.items()}
     stage(src, pages)
+    for lesson in set(release().lesson_ids()) - set(pages):  # pages of an earlier build with more lessons
+        shutil.rmtree(out / "lessons" / lesson, ignore_errors=True)
     start = time.perf_counter()
     sphinx(src, out)
     log(f"sphinx-build: {time.perf_counter() - start:.0f} s")
