@@ -45,6 +45,8 @@ SOLUTIONS = ROOT / "solutions"
 LESSONS = ROOT / "lessons"
 BUILD = ROOT / "build"
 MODES = ("full", "fast")
+#: seconds one cell may run: lesson 4 trains 2000 steps in one cell, which takes long on a slow or busy CPU
+CELL_TIMEOUT_S = 3600
 
 #: the guides, as (path in the repository, toctree caption); README.md becomes the site's front page
 FRONT = "README.md"
@@ -138,9 +140,9 @@ def cached_execution(lesson: str, mode: str, root: Path | None = None) -> nbform
     return nb
 
 
-def execute(lesson: str, mode: str, *, timeout: int = 900) -> nbformat.NotebookNode:
+def execute(lesson: str, mode: str, *, timeout: int = CELL_TIMEOUT_S) -> nbformat.NotebookNode:
     """Run the solution notebook of ``lesson`` top to bottom in a fresh kernel (``DDPM_FAST=1`` when ``mode`` is
-    "fast"), in a scratch folder; raise if a cell fails."""
+    "fast"), in a scratch folder; a cell that fails or runs over ``timeout`` seconds stops the build."""
     import nbclient
 
     nb = nbformat.read(SOLUTIONS / lesson / f"{lesson}.ipynb", as_version=4)
@@ -157,12 +159,19 @@ def execute(lesson: str, mode: str, *, timeout: int = 900) -> nbformat.NotebookN
                 shutil.copy2(item, work)
         client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
                                          resources={"metadata": {"path": work}})
-        client.execute(env=env)
+        try:
+            client.execute(env=env)
+        except nbclient.exceptions.CellTimeoutError:
+            raise SystemExit(f"solutions/{lesson} ({mode}): a cell ran over {timeout} s; on a slow or busy machine "
+                             f"give it longer with --timeout") from None
+        except nbclient.exceptions.CellExecutionError as err:
+            raise SystemExit(f"solutions/{lesson} ({mode}) failed:\n{err}") from None
     nb.cells = [c for c in nb.cells if c.get("id") != PROLOGUE_ID]
     return nb
 
 
-def executions(lessons: list[str], mode: str, *, rerun: bool = False, log=print) -> dict[str, nbformat.NotebookNode]:
+def executions(lessons: list[str], mode: str, *, rerun: bool = False, timeout: int = CELL_TIMEOUT_S,
+               log=print) -> dict[str, nbformat.NotebookNode]:
     """An up-to-date execution of each lesson: from the cache, else executed now (and cached)."""
     out = {}
     for lesson in lessons:
@@ -172,7 +181,7 @@ def executions(lessons: list[str], mode: str, *, rerun: bool = False, log=print)
             start = time.perf_counter()
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / f"{lesson}.ipynb"
-                nbformat.write(execute(lesson, mode), path)
+                nbformat.write(execute(lesson, mode, timeout=timeout), path)
                 store_execution(lesson, path, mode)
             log(f"  {time.perf_counter() - start:.0f} s")
             nb = cached_execution(lesson, mode)
@@ -359,9 +368,10 @@ def sphinx(src: Path, out: Path, *, quiet: bool = True) -> None:
         raise SystemExit(f"sphinx-build failed ({proc.returncode}):\n{proc.stderr[-6000:]}\n{proc.stdout[-2000:]}")
 
 
-def build(lessons: list[str], mode: str, *, src: Path, out: Path, rerun: bool = False, log=print) -> Path:
+def build(lessons: list[str], mode: str, *, src: Path, out: Path, rerun: bool = False,
+          timeout: int = CELL_TIMEOUT_S, log=print) -> Path:
     """Execute (or take from the cache), stage and build; returns ``out/index.html``."""
-    runs = executions(lessons, mode, rerun=rerun, log=log)
+    runs = executions(lessons, mode, rerun=rerun, timeout=timeout, log=log)
     pages = {lesson: lesson_page(lesson, nb, mode) for lesson, nb in runs.items()}
     stage(src, pages)
     for lesson in set(release().lesson_ids()) - set(pages):  # pages of an earlier build with more lessons
@@ -377,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("lessons", nargs="*", help="lesson ids (default: every lesson)")
     parser.add_argument("--fast", action="store_true", help="execute with DDPM_FAST=1 (shorter training/sampling)")
     parser.add_argument("--rerun", action="store_true", help="execute even where a cached execution is up to date")
+    parser.add_argument("--timeout", type=int, default=CELL_TIMEOUT_S,
+                        help=f"seconds one cell may run (default {CELL_TIMEOUT_S})")
     parser.add_argument("--src", type=Path, default=BUILD / "site-src", help="staging folder (default build/site-src)")
     parser.add_argument("--out", type=Path, default=BUILD / "site", help="output folder (default build/site)")
     args = parser.parse_args(argv)
@@ -385,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown lesson id(s) {unknown}; the lessons are {every}")
     index = build(args.lessons or every, "fast" if args.fast else "full", src=args.src.resolve(),
-                  out=args.out.resolve(), rerun=args.rerun)
+                  out=args.out.resolve(), rerun=args.rerun, timeout=args.timeout)
     print(f"the site: {index}")
     return 0
 
