@@ -66,6 +66,8 @@ def test_lesson_page_is_the_release_with_the_solution_outputs(lesson: str) -> No
         if cell.id == "open-in":
             continue  # the badges become text links (their pictures would load from other sites)
         assert shown.source == cell.source, f"{lesson} cell {cell.id} does not show the released source"
+        if cell.cell_type != "code":
+            continue
         text = "".join(o.get("text", "") for o in shown.outputs)
         if cell.id in hidden:
             assert not shown.outputs, f"{lesson}: hidden test cell {cell.id} shows what it printed: {text!r}"
