@@ -10,10 +10,19 @@ ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = ROOT / "solutions"
 
 
-def load_release() -> ModuleType:
-    """``solutions/release.py`` as a module (it is a script, not part of a package)."""
-    spec = importlib.util.spec_from_file_location("course_release", SOLUTIONS / "release.py")
+def _load_script(name: str, filename: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, SOLUTIONS / filename)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_release() -> ModuleType:
+    """``solutions/release.py`` as a module (it is a script, not part of a package)."""
+    return _load_script("course_release", "release.py")
+
+
+def load_site() -> ModuleType:
+    """``solutions/build_site.py`` (the course site's build) as a module."""
+    return _load_script("course_site", "build_site.py")
