@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -31,6 +30,7 @@ from ddpm_ref.checkpoint import load_pretrained_lfw_tiny  # noqa: E402
 from ddpm_ref.config import apply_overrides, get_config  # noqa: E402
 from ddpm_ref.data import lfw_faces  # noqa: E402
 from ddpm_ref.demo import demo_amp  # noqa: E402
+from ddpm_ref.ema import make_ema  # noqa: E402
 from ddpm_ref.metrics import brightness_gap, mean_brightness, ms_swd  # noqa: E402
 from ddpm_ref.samplers import sample  # noqa: E402
 from ddpm_ref.train import Callback, Trainer  # noqa: E402
@@ -62,13 +62,14 @@ def draw(model: torch.nn.Module, schedule, clip: bool = True) -> torch.Tensor:
 
 
 class ExtraEMA(Callback):
-    """More EMA decays averaged alongside the run's own (same steps, same weights)."""
+    """More EMA decays averaged alongside the run's own (same steps, same weights); "w0.995" is 0.995 with the
+    warm-up of :func:`ddpm_ref.ema.make_ema`."""
 
-    def __init__(self, decays: list[float]) -> None:
+    def __init__(self, decays: list[str]) -> None:
         self.decays, self.emas = decays, {}
 
     def on_train_start(self, trainer: Trainer) -> None:
-        self.emas = {d: AveragedModel(trainer.ema.module, multi_avg_fn=get_ema_multi_avg_fn(d), use_buffers=False)
+        self.emas = {d: make_ema(trainer.ema.module, float(d.lstrip("w")), warmup=d.startswith("w"))
                      for d in self.decays}
         for e in self.emas.values():
             e.n_averaged.zero_()  # the first update copies the live weights, like the run's own EMA
@@ -83,7 +84,8 @@ def main() -> None:
     p.add_argument("what", choices=["shipped", "yardstick", "train"])
     p.add_argument("--steps", type=int, default=1680)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="lfw-tiny overrides")
-    p.add_argument("--ema", default="", help="extra EMA decays tracked in the same run, comma-separated")
+    p.add_argument("--ema", default="",
+                   help="extra EMA decays tracked in the same run, comma-separated; w0.995: with warm-up")
     p.add_argument("--noclip", action="store_true", help="also sample the preset's EMA without x0 clipping")
     p.add_argument("--tag", default="")
     p.add_argument("--csv", type=Path, default=Path("demo_quality.csv"))
@@ -105,7 +107,7 @@ def main() -> None:
     spe = len(lfw_faces("train")) * cfg.dataset_repeat // cfg.batch_size
     # the cosine LR ends at epochs·spe ≥ steps (at most one epoch later); the demo's precision (bf16 where native)
     cfg = cfg.replace(epochs=max(1, -(-args.steps // spe)), max_steps=args.steps, amp=demo_amp(cfg.amp))
-    extra = ExtraEMA([float(d) for d in args.ema.split(",") if d])
+    extra = ExtraEMA([d for d in args.ema.split(",") if d])
     t0 = time.perf_counter()
     trainer = Trainer(cfg, Path("/tmp/demo_quality_run"), progress=False, resume=False, write_outputs=False,
                       callbacks=[extra])

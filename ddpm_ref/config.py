@@ -55,7 +55,8 @@ class TrainConfig:
     unused). Schedule: ``beta_schedule`` (linear, scaled_linear,
     cosine), ``T``, ``beta_start``/``beta_end`` (ignored by cosine). Optimisation: AdamW ``lr``,
     ``weight_decay``; ``lr_schedule`` "cosine" (to ``min_lr`` over the run, after ``warmup_steps`` of linear
-    warmup) or "constant"; ``grad_clip`` max gradient norm; ``ema_decay`` of the parameter EMA; ``amp`` "auto"
+    warmup) or "constant"; ``grad_clip`` max gradient norm; ``ema_decay`` of the parameter EMA, ramped up as
+    min(decay, (1 + n)/(10 + n)) over the first updates n when ``ema_warmup`` (:mod:`ddpm_ref.ema`); ``amp`` "auto"
     (fp16+GradScaler below compute capability 8, bf16 from 8, off on CPU), "off", "fp16" or "bf16".
     Length: ``epochs``; ``max_steps`` stops earlier when > 0 (the cosine length stays that of ``epochs``, so a run
     stopped early resumes exactly); ``time_budget_s``
@@ -102,6 +103,7 @@ class TrainConfig:
     min_lr: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    ema_warmup: bool = False
     amp: str = "auto"
     # length
     epochs: int = 25

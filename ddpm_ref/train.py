@@ -187,7 +187,7 @@ class Trainer:
         net = build_model(config).to(self.device)
         if opts.channels_last:
             net.to(memory_format=torch.channels_last)
-        self.ema = make_ema(net, config.ema_decay)
+        self.ema = make_ema(net, config.ema_decay, warmup=config.ema_warmup)
         self.model: nn.Module = net
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
