@@ -79,6 +79,18 @@ class ExtraEMA(Callback):
             e.update_parameters(trainer.model)
 
 
+class Progress(Callback):
+    """A line every ``every`` steps (the runs print nothing else until they are scored)."""
+
+    def __init__(self, every: int = 240) -> None:
+        self.every, self.t0 = every, time.perf_counter()
+
+    def on_step_end(self, trainer: Trainer, step: int, stats: object) -> None:
+        if trainer.step % self.every == 0:
+            print(f"step {trainer.step}, {time.perf_counter() - self.t0:.0f} s, load {os.getloadavg()[0]:.1f}",
+                  flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["shipped", "yardstick", "train"])
@@ -110,7 +122,7 @@ def main() -> None:
     extra = ExtraEMA([d for d in args.ema.split(",") if d])
     t0 = time.perf_counter()
     trainer = Trainer(cfg, Path("/tmp/demo_quality_run"), progress=False, resume=False, write_outputs=False,
-                      callbacks=[extra])
+                      callbacks=[extra, Progress()])
     res = trainer.fit()
     info = {"tag": args.tag, "set": " ".join(args.set), "steps": res.step, "train_s": round(res.elapsed_s),
             "loss": round(res.final_loss, 4)}
