@@ -2,15 +2,16 @@
 
     python data_scripts/demo_quality.py shipped                      # the shipped 7200-step checkpoint
     python data_scripts/demo_quality.py yardstick                    # real vs real, blurred, noise
-    python data_scripts/demo_quality.py train --steps 1680 [--set KEY=VALUE ...] [--ema 0.99,0.999] [--noclip]
+    python data_scripts/demo_quality.py train --steps 1680 [--set KEY=VALUE ...] [--ema 0.99,w0.995] [--noclip]
 
-``train`` trains the lfw-tiny preset (with the overrides) for exactly ``--steps`` optimizer steps, the cosine LR
-ending at the last step as in the demo, then samples ``DQ_SAMPLES`` (default 48) faces (ancestral DDPM, all T
-steps, seed 0) from the preset's EMA, from each extra EMA decay tracked alongside during the same run (``--ema``)
-and from the raw weights, x̂0 clipped (and the preset's EMA unclipped, ``--noclip``). Every line: MS-SWD ×10³
-against the 90 training and against the 10 held-out faces, the brightness gap (1-D W1 of per-image means against
-the training faces) and the std of the per-image means (training faces: 0.15), appended to ``--csv``. The load
-average is printed with every line: on a shared CPU the seconds are comparable only at the same load.
+``train`` trains the lfw-tiny preset (``--preset lfw-demo``: the demo's; with the overrides) for exactly ``--steps``
+optimizer steps, the cosine LR ending at the last step as in the demo, then samples ``DQ_SAMPLES`` (default 48)
+faces (ancestral DDPM, all T steps, seed 0) from the preset's EMA, from each extra EMA decay tracked alongside
+during the same run (``--ema``) and from the raw weights, x̂0 clipped (and the preset's EMA unclipped,
+``--noclip``). Every line: MS-SWD ×10³ against the 90 training and against the 10 held-out faces, the brightness gap
+(1-D W1 of per-image means against the training faces) and the std of the per-image means (training faces: 0.15),
+appended to ``--csv``, with a histogram of the per-image means beside it (``<csv>_<tag>-<name>_brightness.png``).
+The load average is printed with every line: on a shared CPU the seconds are comparable only at the same load.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ddpm_ref.data import lfw_faces  # noqa: E402
 from ddpm_ref.demo import demo_amp  # noqa: E402
 from ddpm_ref.ema import make_ema  # noqa: E402
 from ddpm_ref.metrics import brightness_gap, mean_brightness, ms_swd  # noqa: E402
+from ddpm_ref.plots import plot_brightness  # noqa: E402
 from ddpm_ref.samplers import sample  # noqa: E402
 from ddpm_ref.train import Callback, Trainer  # noqa: E402
 
@@ -48,6 +50,10 @@ def score(name: str, x: torch.Tensor, out_csv: Path, extra: dict[str, object]) -
            "brightness_std": round(float(mean_brightness(x).std()), 4),
            "load1": round(os.getloadavg()[0], 2)}
     print(", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    label = "-".join(str(v) for v in (extra.get("tag"), name) if v)
+    plot_brightness({"samples": mean_brightness(x), "training faces": mean_brightness(train),
+                     "held-out faces": mean_brightness(test)},
+                    out_csv.with_name(f"{out_csv.stem}_{label}_brightness.png"), title=label)
     new = not out_csv.is_file()
     with open(out_csv, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(row))
@@ -95,7 +101,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["shipped", "yardstick", "train"])
     p.add_argument("--steps", type=int, default=1680)
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="lfw-tiny overrides")
+    p.add_argument("--preset", default="lfw-tiny", help="lfw-tiny (the rows of BENCHMARKS.md's hypotheses) or "
+                   "lfw-demo (the demo's)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the preset")
     p.add_argument("--ema", default="",
                    help="extra EMA decays tracked in the same run, comma-separated; w0.995: with warm-up")
     p.add_argument("--noclip", action="store_true", help="also sample the preset's EMA without x0 clipping")
@@ -115,7 +123,7 @@ def main() -> None:
         score("blurred-train", TF.gaussian_blur(train, 5, 1.5), args.csv, {})
         score("noise", torch.rand(N_SAMPLES, 1, 24, 24) * 2 - 1, args.csv, {})
         return
-    cfg = apply_overrides(get_config("lfw-tiny", dataset_repeat=8, preview_every=0, milestone_every=0), args.set)
+    cfg = apply_overrides(get_config(args.preset, dataset_repeat=8, preview_every=0, milestone_every=0), args.set)
     spe = len(lfw_faces("train")) * cfg.dataset_repeat // cfg.batch_size
     # the cosine LR ends at epochs·spe ≥ steps (at most one epoch later); the demo's precision (bf16 where native)
     cfg = cfg.replace(epochs=max(1, -(-args.steps // spe)), max_steps=args.steps, amp=demo_amp(cfg.amp))
