@@ -107,6 +107,7 @@ def main() -> None:
     p.add_argument("--ema", default="",
                    help="extra EMA decays tracked in the same run, comma-separated; w0.995: with warm-up")
     p.add_argument("--noclip", action="store_true", help="also sample the preset's EMA without x0 clipping")
+    p.add_argument("--no-raw", action="store_true", help="skip the raw weights (score the EMA only)")
     p.add_argument("--tag", default="")
     p.add_argument("--csv", type=Path, default=Path("demo_quality.csv"))
     args = p.parse_args()
@@ -142,7 +143,8 @@ def main() -> None:
         score(f"ema{cfg.ema_decay}-noclip", draw(trainer.ema.module, schedule, clip=False), args.csv, info)
     for d, e in extra.emas.items():
         score(f"ema{d}", draw(e.module, schedule), args.csv, info)
-    score("raw", draw(trainer.model, schedule), args.csv, info)
+    if not args.no_raw:
+        score("raw", draw(trainer.model, schedule), args.csv, info)
 
 
 if __name__ == "__main__":
