@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fid-samples", type=int, default=0, help="also FID/KID over this many samples (needs "
                    "torchmetrics and local Inception weights)")
 
-    p = sub.add_parser("demo", help="train lfw-tiny on the CPU (~3.5 min), then sample, reconstruct, score")
+    p = sub.add_parser("demo", help="train lfw-demo on the CPU (~3.5 min), then sample, reconstruct, score")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--train-seconds", type=float, default=210.0, help="training time budget (default 210)")
     p.add_argument("--steps", type=int, default=0, help="train exactly this many steps instead")

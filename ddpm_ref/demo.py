@@ -1,4 +1,5 @@
-"""The demo: train ``lfw-tiny`` on the CPU within a time budget, then sample, reconstruct and score.
+"""The demo: train ``lfw-demo`` (lfw-tiny set for short runs) on the CPU within a time budget, then sample,
+reconstruct and score.
 
 ``python -m ddpm_ref demo`` runs :func:`run_demo`. No download: the faces ship with scikit-image. On a 2-core CPU
 the whole demo takes about 4 minutes (3.5 of them training). Everything lands in one folder (``demo_out/``)::
@@ -155,14 +156,15 @@ def run_demo(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> DemoResult:
-    """Train lfw-tiny from scratch for about ``train_seconds`` (or exactly ``steps``), then write the pictures.
+    """Train lfw-demo (or ``config``) from scratch for about ``train_seconds`` (or exactly ``steps``), then write
+    the pictures.
 
     The number of steps is measured on this machine first, so the cosine LR reaches its end in the budget; the
     time budget also stops training as a safety net when the machine is slower than measured.
     """
     t_wall = time.perf_counter()
     out = Path(out_dir)
-    cfg = config or get_config("lfw-tiny")
+    cfg = config or get_config("lfw-demo")
     cfg = cfg.replace(amp=demo_amp(cfg.amp))
     budget = 0.0  # an explicit step count is honoured exactly
     if steps <= 0:
@@ -221,7 +223,7 @@ def run_demo(
     noised, recon, scores = ev.noised, ev.recon, ev.means
     files["reconstruction"] = save_reconstruction_figure(test, noised, recon, scores, out / "reconstruction.png",
                                                          scale=scale)
-    files.update(ev.write(out, title=f"lfw-tiny, {result.step} steps"))
+    files.update(ev.write(out, title=f"{cfg.name}, {result.step} steps"))
     t_seed = t_starts[-1]
     files["target"] = save_grid(test, out / "target.png", nrow=10, scale=scale)
     files["reconstructed"] = save_grid(recon[t_seed], out / "reconstructed.png", nrow=10, scale=scale)

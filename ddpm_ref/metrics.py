@@ -113,24 +113,31 @@ class MSSWD:
         return f"{self.mean:.1f} (" + ", ".join(f"{r}px {d:.1f}" for r, d in self.levels) + ")"
 
 
-def _blur(x: Tensor, gain: float = 1.0) -> Tensor:
-    """Depthwise 5×5 binomial filter, mirror borders (scipy ``mode='mirror'`` is torch's ``reflect``)."""
-    c = x.shape[1]
+def _binomial_kernel(c: int, x: Tensor, gain: float = 1.0) -> Tensor:
     k1 = _BINOMIAL.to(x.device, x.dtype)
-    k = (torch.outer(k1, k1) * gain).expand(c, 1, 5, 5)
-    return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), k, groups=c)
+    return (torch.outer(k1, k1) * gain).expand(c, 1, 5, 5)
 
 
 def _pyr_down(x: Tensor) -> Tensor:
-    """cv2.pyrDown: blur, keep every second row and column. [N, C, H, W] → [N, C, ⌈H/2⌉, ⌈W/2⌉]."""
-    return _blur(x)[:, :, ::2, ::2]
+    """cv2.pyrDown: the 5×5 binomial blur with mirror borders (scipy ``mode='mirror'`` is torch's ``reflect``),
+    kept at every second row and column. [N, C, H, W] → [N, C, ⌈H/2⌉, ⌈W/2⌉]. The blur is evaluated only where
+    it is kept (a stride-2 convolution: the same sums as blurring everything and subsampling, a quarter of them)."""
+    k = _binomial_kernel(x.shape[1], x)
+    return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), k, stride=2, groups=x.shape[1])
 
 
 def _pyr_up(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """cv2.pyrUp: zeros between the samples, then the blur with 4× the kernel. [N, C, h, w] → [N, C, *size]."""
-    up = x.new_zeros(x.shape[0], x.shape[1], *size)
-    up[:, :, ::2, ::2] = x
-    return _blur(up, gain=4.0)
+    """cv2.pyrUp: zeros between the samples, mirror borders, then the blur with 4× the kernel. [N, C, h, w] →
+    [N, C, *size]. Computed as a stride-2 transposed convolution, which skips the products with the inserted
+    zeros (equal to the zero-filled blur up to float rounding); the zero-filled image's mirror border is built
+    from x's own samples: the first row/column mirrors x's second one, the last mirrors x's next-to-last one when
+    the size is odd and repeats x's last one when it is even (the mirrored sample next to the edge is a zero)."""
+    (h, w), c = size, x.shape[1]
+    x = F.pad(x, (1, 0, 1, 0), mode="reflect")
+    x = torch.cat([x, x[:, :, -1:] if h % 2 == 0 else x[:, :, -2:-1]], dim=2)
+    x = torch.cat([x, x[:, :, :, -1:] if w % 2 == 0 else x[:, :, :, -2:-1]], dim=3)
+    up = F.conv_transpose2d(x, _binomial_kernel(c, x, gain=4.0), stride=2, groups=c)
+    return up[:, :, 4 : 4 + h, 4 : 4 + w]
 
 
 def laplacian_pyramid(x: Tensor, num_levels: int) -> list[Tensor]:
@@ -165,8 +172,10 @@ def sliced_wasserstein(a: Tensor, b: Tensor, directions: Tensor) -> float:
     a, b [M, D] with the same M; directions [D, P] with unit columns. For equal-size sets W1 along a direction is
     the mean |difference| of the sorted projections.
     """
-    pa = np.sort((a @ directions).numpy(), axis=0)  # numpy's column sort is several times torch's on a CPU
-    pb = np.sort((b @ directions).numpy(), axis=0)
+    # one contiguous row per direction: numpy's row sort is faster than its column sort (same values), and
+    # several times faster than torch's sort on a CPU
+    pa = np.sort(np.ascontiguousarray((a @ directions).numpy().T), axis=1)
+    pb = np.sort(np.ascontiguousarray((b @ directions).numpy().T), axis=1)
     return float(np.abs(pa - pb).mean(dtype=np.float64))
 
 

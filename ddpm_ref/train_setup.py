@@ -63,7 +63,7 @@ def setup_model(trainer: Trainer) -> None:
     net = build_model(config).to(device)
     if opts.channels_last:
         net.to(memory_format=torch.channels_last)
-    trainer.ema = make_ema(net, config.ema_decay)
+    trainer.ema = make_ema(net, config.ema_decay, warmup=config.ema_warmup)
     trainer.model = net
     if trainer.dist.enabled:
         ids = [device.index] if device.type == "cuda" else None
