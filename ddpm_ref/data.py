@@ -78,9 +78,9 @@ def lfw_faces(split: Split = "train", size: int = 24) -> Tensor:
 
     faces = torch.from_numpy(np.asarray(lfw_subset()[:LFW_NUM_FACES], dtype=np.float32))  # [100, 25, 25] in [0, 1]
     x = faces[idx].unsqueeze(1)  # [N, 1, 25, 25]
-    from torchvision.transforms.v2.functional import center_crop  # torchvision loads on first use (~1.5 s)
-
-    x = center_crop(x, [24, 24])
+    top = int(round((x.shape[-2] - 24) / 2.0))  # the center crop of torchvision's center_crop: rows and columns 0–23
+    left = int(round((x.shape[-1] - 24) / 2.0))
+    x = x[..., top:top + 24, left:left + 24]  # (a slice: importing torchvision costs a lesson kernel over 2 s)
     if size != 24:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return (x * 2.0 - 1.0).clamp(-1.0, 1.0).contiguous()
