@@ -172,17 +172,9 @@ def _integrate(
 
 
 @torch.no_grad()
-def euler_sample(
-    model: nn.Module,
-    shape: Sequence[int],
-    *,
-    steps: int = 50,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    x1: Tensor | None = None,
-    progress: bool = True,
-    return_intermediates: bool = False,
-) -> Tensor | tuple[Tensor, dict[float, Tensor]]:
+def euler_sample(model: nn.Module, shape: Sequence[int], *, steps: int = 50, generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None, x1: Tensor | None = None, progress: bool = True,
+                 return_intermediates: bool = False) -> Tensor | tuple[Tensor, dict[float, Tensor]]:
     """Euler's method for dx/dt = v_θ(x, t) from t = 1 to t = 0 in ``steps`` model calls; [B, C, H, W].
 
     x_1 ~ N(0, I) of ``shape`` (or ``x1``); on the grid t_i = 1 − i/steps:
@@ -194,17 +186,9 @@ def euler_sample(
 
 
 @torch.no_grad()
-def heun_sample(
-    model: nn.Module,
-    shape: Sequence[int],
-    *,
-    steps: int = 25,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    x1: Tensor | None = None,
-    progress: bool = True,
-    return_intermediates: bool = False,
-) -> Tensor | tuple[Tensor, dict[float, Tensor]]:
+def heun_sample(model: nn.Module, shape: Sequence[int], *, steps: int = 25, generator: torch.Generator | None = None,
+                device: torch.device | str | None = None, x1: Tensor | None = None, progress: bool = True,
+                return_intermediates: bool = False) -> Tensor | tuple[Tensor, dict[float, Tensor]]:
     """Heun's method (the explicit trapezoidal rule) from t = 1 to t = 0 in ``steps`` steps, 2·steps model calls.
 
     On the grid t_i = 1 − i/steps, with h = t_{i+1} − t_i < 0:

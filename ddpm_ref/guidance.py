@@ -145,16 +145,9 @@ def cfg_sample(
                   variance=variance, x_T=x_T)
 
 
-def conditional_ddpm_loss(
-    model: nn.Module,
-    x0: Tensor,
-    labels: Tensor,
-    schedule: NoiseSchedule,
-    *,
-    t: Tensor | None = None,
-    noise: Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
+def conditional_ddpm_loss(model: nn.Module, x0: Tensor, labels: Tensor, schedule: NoiseSchedule, *,
+                          t: Tensor | None = None, noise: Tensor | None = None,
+                          generator: torch.Generator | None = None) -> Tensor:
     """L_simple (Ho et al. eq. 14) of a conditional model: E ‖ε − ε_θ(√ᾱ_t·x0 + √(1−ᾱ_t)·ε, t, c)‖², a scalar.
 
     x0 [B, C, H, W], labels LongTensor [B] (already dropped to ∅ where wanted); t and ε as in
@@ -199,14 +192,9 @@ class LabelledGaussianMixtureOracle(GaussianMixtureOracle):
     ``num_classes`` = max(classes) + 1 is the null label.
     """
 
-    def __init__(
-        self,
-        schedule: NoiseSchedule,
-        means: Tensor | Sequence[float],
-        stds: Sequence[float] | Tensor,
-        weights: Sequence[float] | Tensor | None = None,
-        classes: Sequence[int] | Tensor | None = None,
-    ) -> None:
+    def __init__(self, schedule: NoiseSchedule, means: Tensor | Sequence[float], stds: Sequence[float] | Tensor,
+                 weights: Sequence[float] | Tensor | None = None,
+                 classes: Sequence[int] | Tensor | None = None) -> None:
         super().__init__(schedule, means, stds, weights)
         k = self.means.shape[0]
         classes = torch.arange(k) if classes is None else torch.as_tensor(classes, dtype=torch.long).reshape(-1)

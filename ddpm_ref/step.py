@@ -70,17 +70,9 @@ def train_step_stats(
     return StepStats(float(loss.item()), float(grad_norm.item()), applied)
 
 
-def train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    x0: Tensor,
-    schedule: NoiseSchedule,
-    *,
-    generator: torch.Generator | None = None,
-    grad_clip: float = 1.0,
-    scaler: torch.amp.GradScaler | None = None,
-    amp_dtype: torch.dtype | None = None,
-) -> float:
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x0: Tensor, schedule: NoiseSchedule, *,
+               generator: torch.Generator | None = None, grad_clip: float = 1.0,
+               scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None) -> float:
     """One optimizer step on L_simple (Algorithm 1; eq. 14) for a batch x0 [B, C, H, W] in [−1, 1]; returns the loss.
 
     zero_grad(set_to_none) → ``ddpm_loss`` (t and ε drawn from ``generator``) under autocast when ``amp_dtype``

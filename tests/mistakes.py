@@ -261,8 +261,9 @@ DDIM_STEP = _src('''
         if clip_x0:
             x0 = x0.clamp(-1, 1)
             eps = predict_eps(x_t, t_batch, x0, schedule)
-        ab_t = schedule.alpha_bars[t].item()
-        ab_prev = schedule.alpha_bars[t_prev].item() if t_prev >= 0 else 1.0
+        alpha_bars = schedule.alpha_bars.tolist()
+        ab_t = alpha_bars[t]
+        ab_prev = alpha_bars[t_prev] if t_prev >= 0 else 1.0
         sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev))
         x_prev = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
         if sigma > 0:
@@ -672,8 +673,7 @@ MISTAKES: list[Mistake] = [
         "ddim_wrong_alpha_bar_prev_at_last_step", "ddim_step",
         ("ddim_step_last_step_returns_x0",),
         "reads alpha_bars[t_prev] also for t_prev = −1, which is ᾱ_{T−1} instead of 1",
-        _edit(DDIM_STEP, "ab_prev = schedule.alpha_bars[t_prev].item() if t_prev >= 0 else 1.0",
-              "ab_prev = schedule.alpha_bars[t_prev].item()"),
+        _edit(DDIM_STEP, "ab_prev = alpha_bars[t_prev] if t_prev >= 0 else 1.0", "ab_prev = alpha_bars[t_prev]"),
         "Python's last element",
     ),
     Mistake(

@@ -11,20 +11,9 @@ import torch
 from torch import Tensor
 
 import ddpm_ref as R
+from tests import _fixtures as fx
 from tests._asserts import Recorder, call, expect_close, expect_tensor, timesteps_summary
-from tests._fixtures import (
-    POINT_MASS_IMAGE,
-    T,
-    expect_gaussian_samples,
-    expect_point_mass,
-    expect_two_point_mixture,
-    fixed_eps,
-    gen,
-    noise_reaching_schedule,
-    noisy_inputs,
-    seed_schedule,
-    two_point_oracle,
-)
+from tests._fixtures import T, fixed_eps, gen, noise_reaching_schedule, noisy_inputs, seed_schedule
 from tests.harness import check
 
 
@@ -223,9 +212,9 @@ def test_ddim_sample_deterministic_chain(impl) -> None:
 def test_ddim_sample_point_mass(impl) -> None:
     """Data = one fixed 2×2 image: 20 DDIM steps from noise return it for every sample (within 1e-3)."""
     s = noise_reaching_schedule()
-    x = _sample(impl, R.GaussianMixtureOracle(s, POINT_MASS_IMAGE, [0.0]), s, (200, 1, 2, 2), steps=20,
+    x = _sample(impl, R.GaussianMixtureOracle(s, fx.POINT_MASS_IMAGE, [0.0]), s, (200, 1, 2, 2), steps=20,
                 generator=gen(2))
-    expect_point_mass(x, "DDIM sample")
+    fx.expect_point_mass(x, "DDIM sample")
 
 
 @check("ddim_sample", hidden=True)
@@ -236,15 +225,15 @@ def test_ddim_sample_gaussian_data(impl) -> None:
     """
     s = noise_reaching_schedule()
     x = _sample(impl, R.GaussianMixtureOracle(s, [0.3], [0.2]), s, (2000, 1, 2, 2), steps=T, generator=gen(3))
-    expect_gaussian_samples(x, "noise predictor", "400 DDIM steps")
+    fx.expect_gaussian_samples(x, "noise predictor", "400 DDIM steps")
 
 
 @check("ddim_sample", hidden=True)
 def test_ddim_sample_two_point_mixture(impl) -> None:
     """Data = constant images −0.5 (0.3) / +0.5 (0.7), 50 steps: 0.7 ± 0.045 of 1000 samples are +0.5."""
     s = noise_reaching_schedule()
-    x = _sample(impl, two_point_oracle(s), s, (1000, 1, 4, 4), steps=50, generator=gen(4))
-    expect_two_point_mixture(x)
+    x = _sample(impl, fx.two_point_oracle(s), s, (1000, 1, 4, 4), steps=50, generator=gen(4))
+    fx.expect_two_point_mixture(x)
 
 
 # ---------------------------------------------------------------------------------------- reference facts

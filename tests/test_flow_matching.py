@@ -269,6 +269,29 @@ def _sample(impl, name: str, model, shape, **kwargs) -> Tensor:
     return expect_tensor(out, f"{name}(model, shape={list(shape)}, ...)", shape=shape, dtype=torch.float32)
 
 
+def _expect_gaussian_data(impl, name: str, steps: int, seed: int, std_tol: float, hint: str) -> None:
+    """Driven by the exact velocity of N(0.3, 0.2²) data, ``steps`` steps return mean 0.3 ± 0.01, std 0.2 ± std_tol."""
+    method = "Euler" if name == "euler_sample" else "Heun"
+    x = _sample(impl, name, GaussianMixtureVelocity([0.3], [0.2]), (2000, 1, 2, 2), steps=steps, generator=gen(seed))
+    expect_gaussian_samples(x, "velocity", f"{steps} {method} steps", std_tol=std_tol, hint=hint)
+
+
+def _expect_exact_recursion(impl, name: str, steps: int, seed: int, hint: str) -> None:
+    """``steps`` steps on N(0.3, 0.2²) data: output = A·x1 + B with the (A, B) of the exact recursion."""
+    method = "euler" if name == "euler_sample" else "heun"
+    x1 = torch.randn(500, 1, 2, 2, generator=gen(seed))
+    out = _sample(impl, name, GaussianMixtureVelocity([0.3], [0.2]), x1.shape, steps=steps, x1=x1.clone())
+    a, b = gaussian_affine_chain(0.3, 0.2, steps, method)
+    expect_close(out, a * x1.double() + b, f"{steps} {method.title()} steps with the exact velocity of N(0.3, 0.2²)",
+                 atol=1e-4, rtol=1e-4, hint=hint)
+
+
+def _expect_two_point_data(impl, name: str, steps: int, seed: int) -> None:
+    """Constant images −0.5 (0.3) / +0.5 (0.7): 0.7 ± 0.045 of 1000 samples are near +0.5."""
+    _expect_two_point_mixture(_sample(impl, name, two_point_mixture(), (1000, 1, 4, 4), steps=steps,
+                                      generator=gen(seed)))
+
+
 def _times_hint(ts: list[float], expected: list[float], steps: int) -> str:
     def same(a: list[float], b: list[float]) -> bool:
         return len(a) == len(b) and all(abs(x - y) < 1e-2 for x, y in zip(a, b, strict=True))
@@ -329,27 +352,19 @@ def test_euler_sample_steps(impl) -> None:
 @check("euler_sample")
 def test_euler_sample_returns_the_data(impl) -> None:
     """Driven by the exact velocity of N(0.3, 0.2²) data, 200 Euler steps give mean 0.3 ± 0.01, std 0.2 ± 0.01."""
-    x = _sample(impl, "euler_sample", GaussianMixtureVelocity([0.3], [0.2]), (2000, 1, 2, 2), steps=200,
-                generator=gen(2))
-    expect_gaussian_samples(x, "velocity", "200 Euler steps", std_tol=0.01,
-                            hint="start from N(0, I) at t = 1 and step down to t = 0")
+    _expect_gaussian_data(impl, "euler_sample", 200, 2, 0.01, "start from N(0, I) at t = 1 and step down to t = 0")
 
 
 @check("euler_sample", hidden=True)
 def test_euler_sample_few_steps_match_the_exact_recursion(impl) -> None:
     """5 steps on N(0.3, 0.2²) data: output = A·x1 + B with the (A, B) of the exact Euler recursion (std ≈ 0.11)."""
-    x1 = torch.randn(500, 1, 2, 2, generator=gen(3))
-    out = _sample(impl, "euler_sample", GaussianMixtureVelocity([0.3], [0.2]), x1.shape, steps=5, x1=x1.clone())
-    a, b = gaussian_affine_chain(0.3, 0.2, 5, "euler")
-    expect_close(out, a * x1.double() + b, "5 Euler steps with the exact velocity of N(0.3, 0.2²)", atol=1e-4,
-                 rtol=1e-4, hint="x ← x + (t_next − t)·v(x, 1000·t) on t_i = 1 − i/steps")
+    _expect_exact_recursion(impl, "euler_sample", 5, 3, "x ← x + (t_next − t)·v(x, 1000·t) on t_i = 1 − i/steps")
 
 
 @check("euler_sample", hidden=True)
 def test_euler_sample_two_point_mixture(impl) -> None:
     """Constant images −0.5 (0.3) / +0.5 (0.7), 50 steps: 0.7 ± 0.045 of 1000 samples are near +0.5."""
-    x = _sample(impl, "euler_sample", two_point_mixture(), (1000, 1, 4, 4), steps=50, generator=gen(4))
-    _expect_two_point_mixture(x)
+    _expect_two_point_data(impl, "euler_sample", 50, 4)
 
 
 # ---------------------------------------------------------------------------------------- heun_sample
@@ -405,28 +420,21 @@ def test_heun_sample_steps(impl) -> None:
 @check("heun_sample")
 def test_heun_sample_returns_the_data(impl) -> None:
     """Driven by the exact velocity of N(0.3, 0.2²) data, 25 Heun steps give mean 0.3 ± 0.01, std 0.2 ± 0.006."""
-    x = _sample(impl, "heun_sample", GaussianMixtureVelocity([0.3], [0.2]), (2000, 1, 2, 2), steps=25,
-                generator=gen(7))
-    expect_gaussian_samples(x, "velocity", "25 Heun steps", std_tol=0.006,
-                            hint="predictor x̃ = x + h·v, corrector with the average of v(x, t) and v(x̃, t_next)")
+    _expect_gaussian_data(impl, "heun_sample", 25, 7, 0.006,
+                          "predictor x̃ = x + h·v, corrector with the average of v(x, t) and v(x̃, t_next)")
 
 
 @check("heun_sample", hidden=True)
 def test_heun_sample_few_steps_match_the_exact_recursion(impl) -> None:
     """3 steps on N(0.3, 0.2²) data: output = A·x1 + B with the (A, B) of the exact Heun recursion."""
-    x1 = torch.randn(500, 1, 2, 2, generator=gen(8))
-    out = _sample(impl, "heun_sample", GaussianMixtureVelocity([0.3], [0.2]), x1.shape, steps=3, x1=x1.clone())
-    a, b = gaussian_affine_chain(0.3, 0.2, 3, "heun")
-    expect_close(out, a * x1.double() + b, "3 Heun steps with the exact velocity of N(0.3, 0.2²)", atol=1e-4,
-                 rtol=1e-4, hint="predictor x̃ = x + h·v(x, 1000·t); corrector x + h·(v(x, 1000·t) + "
-                                 "v(x̃, 1000·t_next))/2")
+    _expect_exact_recursion(impl, "heun_sample", 3, 8, "predictor x̃ = x + h·v(x, 1000·t); corrector "
+                                                          "x + h·(v(x, 1000·t) + v(x̃, 1000·t_next))/2")
 
 
 @check("heun_sample", hidden=True)
 def test_heun_sample_two_point_mixture(impl) -> None:
     """Constant images −0.5 (0.3) / +0.5 (0.7), 25 steps: 0.7 ± 0.045 of 1000 samples are near +0.5."""
-    x = _sample(impl, "heun_sample", two_point_mixture(), (1000, 1, 4, 4), steps=25, generator=gen(9))
-    _expect_two_point_mixture(x)
+    _expect_two_point_data(impl, "heun_sample", 25, 9)
 
 
 # ---------------------------------------------------------------------------------------- reference facts
