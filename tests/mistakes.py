@@ -576,17 +576,60 @@ MISTAKES: list[Mistake] = [
     ),
     Mistake(
         "train_step_no_zero_grad", "train_step",
-        ("train_step_updates_parameters",),
+        ("train_step_updates_parameters", "train_step_trains_a_model"),
         "never clears the gradients, so every step adds the previous steps' gradients",
         _edit(TRAIN_STEP, "    optimizer.zero_grad()\n", ""),
         "zero_grad",
     ),
     Mistake(
         "train_step_no_clipping", "train_step",
-        ("train_step_clips_gradients",),
+        ("train_step_clips_gradients", "train_step_trains_a_model"),
         "ignores grad_clip: the gradient norm is never clipped",
         _edit(TRAIN_STEP, "    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)\n", ""),
         "clip_grad_norm_",
+    ),
+    Mistake(
+        "train_step_clips_after_step", "train_step",
+        ("train_step_clips_gradients", "train_step_trains_a_model"),
+        "clips the gradient after optimizer.step(), so every step uses the raw gradient",
+        _edit(TRAIN_STEP, "    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)\n    optimizer.step()\n",
+              "    optimizer.step()\n    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)\n"),
+        "before step()",
+    ),
+    Mistake(
+        "train_step_loss_on_x0", "train_step",
+        ("train_step_returns_loss", "train_step_updates_parameters", "train_step_clips_gradients",
+         "train_step_trains_a_model"),
+        "writes the loss inline and regresses the model's output on x0 instead of the noise ε",
+        _src('''
+        def train_step(model, optimizer, x0, schedule, *, generator=None, grad_clip=1.0):
+            optimizer.zero_grad()
+            t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator)
+            noise = torch.randn(x0.shape, generator=generator)
+            x_t = q_sample(x0, t, noise, schedule)
+            loss = F.mse_loss(model(x_t, t), x0)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            return loss.item()
+    '''),
+        "not x0",
+    ),
+    Mistake(
+        "train_step_t_continuous", "train_step",
+        ("train_step_trains_a_model",),
+        "draws t in [0, 1) as continuous-time models do and casts it to an index: every t is 0",
+        _src('''
+        def train_step(model, optimizer, x0, schedule, *, generator=None, grad_clip=1.0):
+            optimizer.zero_grad()
+            t = torch.rand(x0.shape[0], generator=generator).long()
+            loss = ddpm_loss(model, x0, schedule, t=t, generator=generator)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            return loss.item()
+    '''),
+        "{0, …, T−1}",
     ),
     # lesson 5
     Mistake(
@@ -886,6 +929,20 @@ ALTERNATIVES: list[Alternative] = [
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             return float(loss.detach())
+    ''')),
+    Alternative("train_step_inline_loss", "train_step", "the loss written inline, noise drawn before t, AdamW-style "
+                "zero_grad(set_to_none=True)", _src('''
+        def train_step(model, optimizer, x0, schedule, *, generator=None, grad_clip=1.0):
+            optimizer.zero_grad(set_to_none=True)
+            noise = torch.randn_like(x0) if generator is None else torch.randn(x0.shape, generator=generator)
+            t = torch.randint(schedule.T, (len(x0),), generator=generator)
+            ab = schedule.alpha_bars.to(x0.dtype)[t][:, None, None, None]
+            pred = model(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t)
+            loss = (pred - noise).pow(2).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(model.parameters()), grad_clip)
+            optimizer.step()
+            return loss.item()
     ''')),
     Alternative("p_sample_log_variance", "p_sample", "σ from posterior_log_variance, the mean written out",
                 _src('''
