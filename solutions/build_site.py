@@ -45,7 +45,7 @@ SOLUTIONS = ROOT / "solutions"
 LESSONS = ROOT / "lessons"
 BUILD = ROOT / "build"
 MODES = ("full", "fast")
-#: seconds one cell may run: lesson 4 trains 2000 steps in one cell, which takes long on a slow or busy CPU
+#: seconds one cell may run: lessons 4 and 9 train 1000 steps in one cell, which takes long on a slow or busy CPU
 CELL_TIMEOUT_S = 3600
 
 #: the guides, as (path in the repository, toctree caption); README.md becomes the site's front page
