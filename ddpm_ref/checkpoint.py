@@ -57,7 +57,7 @@ LFW_TINY_ASSET = ASSETS_DIR / "lfw_tiny.pt"
 
 
 #: settings that define the model and the diffusion: a checkpoint trained with other values is another model
-MODEL_FIELDS = ("image_size", "channels", "model_channels", "num_res_blocks", "attention", "num_heads",
+MODEL_FIELDS = ("image_size", "channels", "model_channels", "num_res_blocks", "attention", "num_heads", "objective",
                 "beta_schedule", "T", "beta_start", "beta_end")
 #: settings that may change between a run and its resumption without a word: how long, where and how fast it runs
 #: and how often it writes (every other change makes the run no longer one reproducible experiment)

@@ -321,7 +321,7 @@ def _cmd_presets(args: argparse.Namespace) -> None:
         s = build_schedule(c)
         objective = ("flow matching (velocity, t ∈ [0, 1])" if c.objective == "flow" else
                      f"T={c.T} {c.beta_schedule} (β {s.betas[0].item():.2g}→{s.betas[-1].item():.2g}, "
-                     f"ᾱ_T-1={s.alpha_bars[-1].item():.2g})")
+                     f"ᾱ_T-1={s.alpha_bars[-1].item():.2g}){', v-prediction' if c.objective == 'v' else ''}")
         print(f"{name:18s} {c.channels}×{c.image_size}², UNet {list(c.model_channels)}, {objective}, "
               f"batch {c.batch_size}, lr {c.lr:g}, EMA {c.ema_decay}, {c.epochs} epochs, "
               f"data {c.data or '(--data PATH)'}")

@@ -26,6 +26,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
+from .diffusion import VPrediction
 from .schedule import SCHEDULES, NoiseSchedule
 from .unet import UNet
 
@@ -52,10 +55,12 @@ class TrainConfig:
     labelled 8×8 digits, train split) or a folder of images;
     ``image_size`` H = W; ``channels`` 1 or 3; ``hflip`` random horizontal flips; ``dataset_repeat`` passes over
     the data per epoch (so tiny datasets get epochs of a useful length); ``num_workers`` DataLoader workers.
-    Model: the :class:`~ddpm_ref.unet.UNet` arguments. ``objective``: "ddpm" (the network predicts ε, loss eq. 14)
-    or "flow" (it predicts the velocity ε − x0 of flow matching, :mod:`ddpm_ref.flow`; the schedule fields are then
-    unused). Schedule: ``beta_schedule`` (linear, scaled_linear,
-    cosine), ``T``, ``beta_start``/``beta_end`` (ignored by cosine). Optimisation: AdamW ``lr``,
+    Model: the :class:`~ddpm_ref.unet.UNet` arguments. ``objective``: "ddpm" (the network predicts ε, loss eq. 14),
+    "v" (the same diffusion, the network predicting v = √ᾱ_t·ε − √(1−ᾱ_t)·x0 of Salimans & Ho 2022 inside a
+    :class:`~ddpm_ref.diffusion.VPrediction` that samples as an ε-model) or "flow" (it predicts the velocity
+    ε − x0 of flow matching, :mod:`ddpm_ref.flow`; the schedule fields are then unused). Schedule:
+    ``beta_schedule`` (linear, scaled_linear, cosine), ``T``, ``beta_start``/``beta_end`` (ignored by cosine).
+    Optimisation: AdamW ``lr``,
     ``weight_decay``; ``lr_schedule`` "cosine" (to ``min_lr`` over the run, after ``warmup_steps`` of linear
     warmup) or "constant"; ``grad_clip`` max gradient norm; ``ema_decay`` of the parameter EMA, ramped up as
     min(decay, (1 + n)/(10 + n)) over the first updates n when ``ema_warmup`` (:mod:`ddpm_ref.ema`); ``amp`` "auto"
@@ -141,9 +146,11 @@ class TrainConfig:
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
         if self.beta_schedule not in SCHEDULES:
             raise ValueError(f"beta_schedule must be one of {sorted(SCHEDULES)}, got {self.beta_schedule!r}")
-        if self.objective not in ("ddpm", "flow"):
-            raise ValueError(f"objective must be 'ddpm' (ε-prediction) or 'flow' (flow matching), "
-                             f"got {self.objective!r}")
+        if self.objective not in ("ddpm", "v", "flow"):
+            raise ValueError(f"objective must be 'ddpm' (ε-prediction), 'v' (v-prediction) or 'flow' (flow "
+                             f"matching), got {self.objective!r}")
+        if self.objective == "v" and self.num_classes:
+            raise ValueError("objective 'v' trains unconditional models only: set num_classes=0 or objective='ddpm'")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         if self.amp not in ("auto", "off", "fp16", "bf16"):
@@ -212,18 +219,19 @@ own run to the time budget.
 """
 
 LFW_DEMO_NOTES = """\
-lfw-demo is lfw-tiny (same data, network, optimiser type and T=300) set for the demo, which trains for about 1700 steps
-instead of 7200 (BENCHMARKS.md, "Sample quality", has every figure: MS-SWD ×10³ of 48 samples against the 90
-training faces, and the brightness gap). Three changes, each measured against 1680-step runs of the same seed:
-the seed's linear schedule β 1e-4→2e-2 instead of cosine: cosine reaches ᾱ_{T−1} ≈ 3e-8, where x̂0 multiplies an
-error of ε̂ by up to 6000, which a short run's ε̂ cannot afford (x̂0 clipping then fixes each face's brightness in the
-first steps); linear stops at ᾱ_{T−1} ≈ 0.048 (gain ≤ 4.6). MS-SWD 178.3 → 77.9, brightness gap 0.357 → 0.057
-(EMA 0.995); the 1000/T-scaled linear schedule (ᾱ_{T−1} ≈ 3.4e-5) gave 84.7 and 0.078. EMA 0.99 instead of 0.995,
-because a short run's 0.995 average still carries weights from before the learning rate came down (scaled linear:
-84.7 → 75.0, gap 0.078 → 0.059; linear: 77.9 → 77.7, 0.057 → 0.056). A peak learning rate of 4e-3 instead of 1e-3:
-a quarter of the steps needs larger ones (seed 0: 1e-3 77.7 / 0.056, 2e-3 68.4 / 0.040, 4e-3 65.1 / 0.032, 8e-3
-76.2 / 0.052; seed 1: 1e-3 77.3 / 0.050, 4e-3 69.3 / 0.043). Together they do not quite reach the shipped 7200-step
-checkpoint (61.1, 0.028). The shipped checkpoint keeps lfw-tiny (its config is stored in the file).
+lfw-demo is lfw-tiny (same data, network, optimiser type and T=300) set for the demo, which trains for 900–1700 steps
+instead of 7200, depending on the machine (BENCHMARKS.md, "Sample quality", has every figure: MS-SWD ×10³ of 48
+samples against the 90 training faces, and the brightness gap). Four changes, each measured against runs of the same
+length and seed. The network predicts v = √ᾱ_t·ε − √(1−ᾱ_t)·x0 (Salimans & Ho 2022; ``objective="v"``) instead of
+ε: an ε-network's error reaches x̂0 multiplied by √((1−ᾱ_t)/ᾱ_t), so in a short run each face's overall brightness,
+decided in the noisiest steps, comes out too dark or too bright; the v-loss is L_simple weighted by 1/ᾱ_t and x̂0's
+error is at most v̂'s (900 steps: 82.3 / 0.069 → 54.6 / 0.018, the shipped 7200-step ε checkpoint being at 61.1 /
+0.028; the same with cosine: 52.8 / 0.041, its sample brightness spread too narrow). The seed's linear schedule
+β 1e-4→2e-2 instead of cosine (with ε-prediction at 1680 steps: 178.3 → 77.9, gap 0.357 → 0.057; cosine's
+ᾱ_{T−1} ≈ 3e-8 multiplies an ε̂ error by up to 6000). EMA 0.99 instead of 0.995, because a short run's 0.995 average
+still carries weights from before the learning rate came down (scaled linear: 84.7 → 75.0). A peak learning rate
+of 4e-3 instead of 1e-3: a quarter of the steps needs larger ones (ε, seed 0: 1e-3 77.7 / 0.056, 2e-3 68.4 / 0.040,
+4e-3 65.1 / 0.032, 8e-3 76.2 / 0.052). The shipped checkpoint keeps lfw-tiny (its config is stored in the file).
 """
 
 DIGITS_CFG_NOTES = """\
@@ -260,8 +268,8 @@ PRESETS: dict[str, TrainConfig] = {
     ),
     "lfw-demo": TrainConfig(
         name="lfw-demo", data="lfw", image_size=24, channels=1, model_channels=(32, 64), num_res_blocks=2,
-        attention=True, beta_schedule="linear", T=300, beta_start=1e-4, beta_end=2e-2, batch_size=16, lr=4e-3,
-        weight_decay=1e-4, lr_schedule="cosine", warmup_steps=100, grad_clip=1.0, ema_decay=0.99, amp="auto",
+        attention=True, objective="v", beta_schedule="linear", T=300, beta_start=1e-4, beta_end=2e-2, batch_size=16,
+        lr=4e-3, weight_decay=1e-4, lr_schedule="cosine", warmup_steps=100, grad_clip=1.0, ema_decay=0.99, amp="auto",
         epochs=40, dataset_repeat=32, milestone_every=20, preview_every=10, preview_n=16, num_workers=0,
     ),
     "lfw-flow": TrainConfig(
@@ -357,13 +365,15 @@ def apply_overrides(config: TrainConfig, pairs: list[str] | dict[str, Any]) -> T
     return config.replace(**changes)
 
 
-def build_model(config: TrainConfig) -> UNet:
-    """The UNet a config describes (in_channels = out_channels = ``config.channels``)."""
-    return UNet(
+def build_model(config: TrainConfig) -> nn.Module:
+    """The UNet a config describes (in_channels = out_channels = ``config.channels``), inside a
+    :class:`~ddpm_ref.diffusion.VPrediction` when ``objective="v"`` (it then still returns ε̂)."""
+    net = UNet(
         in_channels=config.channels, channels=config.model_channels, num_res_blocks=config.num_res_blocks,
         attention=config.attention, num_heads=config.num_heads, dropout=config.dropout,
         num_classes=config.num_classes or None,
     )
+    return VPrediction(net, build_schedule(config)) if config.objective == "v" else net
 
 
 def build_schedule(config: TrainConfig) -> NoiseSchedule:

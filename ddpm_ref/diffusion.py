@@ -1,4 +1,5 @@
-"""The Gaussian-diffusion math: forward process, posterior and the training loss (Ho et al. 2020).
+"""The Gaussian-diffusion math: forward process, posterior and the training loss (Ho et al. 2020), and the
+v-parametrisation of the same model (Salimans & Ho 2022).
 
 Shapes: images ``x0``, ``x_t``, ``noise`` are [B, C, H, W] (any [B, ...] works); ``t`` is a LongTensor [B]
 of 0-based timesteps (an int is broadcast). Every constant comes from a :class:`NoiseSchedule`.
@@ -12,7 +13,8 @@ from torch import Tensor, nn
 
 from .schedule import NoiseSchedule, as_timesteps
 
-__all__ = ["q_sample", "predict_x0", "predict_eps", "q_posterior", "ddpm_loss", "randn"]
+__all__ = ["q_sample", "predict_x0", "predict_eps", "q_posterior", "ddpm_loss", "v_target", "VPrediction", "v_loss",
+           "randn"]
 
 
 def q_sample(x0: Tensor, t: Tensor | int, noise: Tensor, schedule: NoiseSchedule) -> Tensor:
@@ -68,6 +70,75 @@ def ddpm_loss(
     ``t`` defaults to uniform draws from {0, …, T−1} and ``noise`` to N(0, I), both from ``generator``.
     The mean squared error is taken in float32 even when the model runs under autocast.
     """
+    t, noise = _draw_t_and_noise(x0, schedule, t, noise, generator)
+    eps_pred = model(q_sample(x0, t, noise, schedule), t)
+    _same_shape(eps_pred, noise, "model output", "noise")
+    return F.mse_loss(eps_pred.float(), noise.float())
+
+
+def v_target(x0: Tensor, noise: Tensor, t: Tensor | int, schedule: NoiseSchedule) -> Tensor:
+    """The velocity v = √ᾱ_t·ε − √(1−ᾱ_t)·x0 (Salimans & Ho 2022, §4), the v-parametrisation's target; [B, C, H, W]."""
+    _same_shape(x0, noise, "x0", "noise")
+    return (
+        schedule.gather(schedule.sqrt_alpha_bars, t, x0) * noise
+        - schedule.gather(schedule.sqrt_one_minus_alpha_bars, t, x0) * x0
+    )
+
+
+class VPrediction(nn.Module):
+    """A network ``net(x_t, t, ...)`` that predicts v (:func:`v_target`), presented as an ε-model.
+
+    ``forward(x_t, t, ...)`` returns ε̂ = √(1−ᾱ_t)·x_t + √ᾱ_t·v̂ [B, C, H, W], so every sampler, the reconstruction and
+    DDIM run it unchanged; then x̂0 = √ᾱ_t·x_t − √(1−ᾱ_t)·v̂ (:func:`predict_x0` of that ε̂), whose error is at most
+    the error of v̂ at every t, where an ε-network's error is multiplied by √((1−ᾱ_t)/ᾱ_t) (×4.5 at the seed's
+    ᾱ_{T−1}, ×6000 at the cosine schedule's). ``output="v"`` returns v̂ itself (the training target of
+    :func:`v_loss`). The schedule's constants are non-persistent buffers: checkpoints hold the network's weights.
+    """
+
+    def __init__(self, net: nn.Module, schedule: NoiseSchedule) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("sqrt_alpha_bars", schedule.sqrt_alpha_bars.float().clone(), persistent=False)
+        self.register_buffer("sqrt_one_minus_alpha_bars", schedule.sqrt_one_minus_alpha_bars.float().clone(),
+                             persistent=False)
+
+    def forward(self, x_t: Tensor, t: Tensor, *args, output: str = "eps", **kwargs) -> Tensor:
+        v = self.net(x_t, t, *args, **kwargs)
+        if output == "v":
+            return v
+        if output != "eps":
+            raise ValueError(f"output must be 'eps' or 'v', got {output!r}")
+        t = as_timesteps(t, x_t)
+        shape = (-1,) + (1,) * (x_t.dim() - 1)
+        a = self.sqrt_alpha_bars[t].reshape(shape).to(v.dtype)
+        s = self.sqrt_one_minus_alpha_bars[t].reshape(shape).to(v.dtype)
+        return s * x_t.to(v.dtype) + a * v  # ε̂ = √(1−ᾱ_t)·x_t + √ᾱ_t·v̂
+
+
+def v_loss(
+    model: nn.Module,
+    x0: Tensor,
+    schedule: NoiseSchedule,
+    *,
+    t: Tensor | None = None,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """E_{t,x0,ε} ‖v − v_θ(x_t, t)‖² with x_t as in eq. 4 (Salimans & Ho 2022); a scalar, for a :class:`VPrediction`.
+
+    Equal to L_simple weighted by 1/ᾱ_t (‖v̂ − v‖² = ‖ε̂ − ε‖²/ᾱ_t): the noisiest steps, where each image's overall
+    brightness and layout are decided, count most. ``t`` and ``noise`` are drawn as in :func:`ddpm_loss`.
+    """
+    t, noise = _draw_t_and_noise(x0, schedule, t, noise, generator)
+    v_pred = model(q_sample(x0, t, noise, schedule), t, output="v")
+    target = v_target(x0, noise, t, schedule)
+    _same_shape(v_pred, target, "model output", "v")
+    return F.mse_loss(v_pred.float(), target.float())
+
+
+def _draw_t_and_noise(x0: Tensor, schedule: NoiseSchedule, t: Tensor | None, noise: Tensor | None,
+                      generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """t uniform in {0, …, T−1} [B] and ε ~ N(0, I) like x0, both from ``generator``, unless given."""
     if t is None:
         gen_device = generator.device if generator is not None else x0.device
         t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator, device=gen_device).to(x0.device)
@@ -75,10 +146,7 @@ def ddpm_loss(
         t = as_timesteps(t, x0)
     if noise is None:
         noise = randn(x0.shape, generator=generator, like=x0)
-    x_t = q_sample(x0, t, noise, schedule)
-    eps_pred = model(x_t, t)
-    _same_shape(eps_pred, noise, "model output", "noise")
-    return F.mse_loss(eps_pred.float(), noise.float())
+    return t, noise
 
 
 def randn(shape: tuple[int, ...] | torch.Size, *, generator: torch.Generator | None, like: Tensor) -> Tensor:

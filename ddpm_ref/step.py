@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .diffusion import ddpm_loss
+from .diffusion import ddpm_loss, v_loss
 from .flow import flow_matching_loss
 from .guidance import conditional_ddpm_loss
 from .precision import autocast
@@ -42,13 +42,16 @@ def train_step_stats(
     """:func:`train_step` that also reports the gradient norm and whether the step was applied.
 
     ``objective="flow"`` takes the flow-matching loss (:func:`~ddpm_ref.flow.flow_matching_loss`) instead of
-    L_simple; ``schedule`` is then unused. ``labels`` [B] (already dropped to ∅ where wanted) train a
+    L_simple, ``schedule`` then unused; ``objective="v"`` the v-prediction loss (:func:`~ddpm_ref.diffusion.v_loss`,
+    ``model`` a :class:`~ddpm_ref.diffusion.VPrediction`). ``labels`` [B] (already dropped to ∅ where wanted) train a
     class-conditional model ε_θ(x_t, t, c) instead.
     """
     optimizer.zero_grad(set_to_none=True)
     with autocast(x0.device, amp_dtype):
         if objective == "flow":
             loss = flow_matching_loss(model, x0, generator=generator)
+        elif objective == "v":
+            loss = v_loss(model, x0, schedule, generator=generator)
         elif labels is not None:
             loss = conditional_ddpm_loss(model, x0, labels, schedule, generator=generator)
         else:

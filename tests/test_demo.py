@@ -79,6 +79,6 @@ def test_demo_preset_is_lfw_tiny_with_a_short_run_schedule_and_ema():
     from ddpm_ref.config import build_schedule
 
     tiny, demo = get_config("lfw-tiny").to_dict(), get_config("lfw-demo").to_dict()
-    assert {k for k in tiny if tiny[k] != demo[k]} == {"name", "beta_schedule", "ema_decay", "lr"}
+    assert {k for k in tiny if tiny[k] != demo[k]} == {"name", "objective", "beta_schedule", "ema_decay", "lr"}
     schedule = build_schedule(get_config("lfw-demo"))  # the seed's linear β: x̂0's gain 1/√ᾱ stays below 5
     assert float(schedule.alpha_bars[-1]) ** -0.5 < 5 and get_config("lfw-demo").ema_decay == 0.99

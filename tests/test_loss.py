@@ -227,7 +227,22 @@ def test_train_step_clips_gradients(impl) -> None:
 
 #: The outcome check's recipe (a small U-Net on 16×16 faces; a few seconds of CPU) and its pass mark.
 OUTCOME_STEPS, OUTCOME_LR, OUTCOME_SAMPLES = 200, 0.2, 32
-OUTCOME_PASS = 90.0  # MS-SWD ×10³ at 16 px; the measured runs are in test_train_step_trains_a_model's docstring
+OUTCOME_PASS = 90.0  # MS-SWD ×10³ at 16 px
+OUTCOME_CHECK = "train_step_trains_a_model"
+#: The recipe's scores, measured by ``python data_scripts/outcome_calibration.py`` (seeds 0–3, 2 CPU cores): the
+#: range of MS-SWD ×10³ per kind of ``train_step`` ("correct": the reference and every correct variant of
+#: tests/mistakes.py; the others: a step that trains nothing, and each typical mistake the check must catch). The
+#: check's message quotes it, and tests/test_course_sync.py keeps lesson 4's text and solutions/README.md equal to it.
+OUTCOME_MEASURED: dict[str, tuple[int, int]] = {
+    "correct": (50, 64),
+    "untrained": (130, 133),
+}
+
+
+def quoted_range(kind: str) -> str:
+    """``OUTCOME_MEASURED[kind]`` as the texts quote it: "50–64"."""
+    lo, hi = OUTCOME_MEASURED[kind]
+    return f"{lo}–{hi}" if lo != hi else f"{lo}"
 
 
 def outcome_score(train_step, seed: int = 0) -> tuple[float, list[float]]:
@@ -267,10 +282,8 @@ def test_train_step_trains_a_model(impl) -> None:
     :func:`outcome_score`: a U-Net 16/32 on the LFW faces at 16×16, plain SGD (lr 0.2, momentum 0.9) so that every
     part of a step shows in the result: without ``zero_grad`` the gradients pile up, and at this rate only a gradient
     clipped to norm 1 before ``optimizer.step()`` keeps training stable. Score: MS-SWD ×10³ at 16 px of 32 samples
-    against the training faces (lower is closer); pass mark 90. Measured over seeds 0–3 (2 cores, about 7 s each):
-    the reference 50–61; a correct step written differently (noise before t, the loss by hand, zero_grad at the end)
-    51–64; an untrained model 130–133; without zero_grad 117–332; clipping after the step or not at all diverges
-    (760 with 64 samples); the loss against x0 136–138; t drawn from [0, 1) and cast to int (always 0) 106–108.
+    against the training faces (lower is closer); pass mark ``OUTCOME_PASS``. ``OUTCOME_MEASURED`` holds what correct
+    steps, an untrained model and each typical mistake score over seeds 0–3 (about 7 s each).
     """
     score, losses = outcome_score(impl.train_step)
     if score <= OUTCOME_PASS:
@@ -285,6 +298,7 @@ def test_train_step_trains_a_model(impl) -> None:
     first, last = (sum(finite[:20]) / max(len(finite[:20]), 1), sum(finite[-20:]) / max(len(finite[-20:]), 1))
     raise AssertionError(
         f"a small U-Net trained by {OUTCOME_STEPS} of your train_step calls should sample faces with MS-SWD ≤ "
-        f"{OUTCOME_PASS:.0f} at 16 px (a correct step reaches 50–64, an untrained model 130–133); yours scores "
+        f"{OUTCOME_PASS:.0f} at 16 px (a correct step reaches {quoted_range('correct')}, an untrained model "
+        f"{quoted_range('untrained')}); yours scores "
         f"{score:.1f} (mean loss {first:.3g} over the first 20 steps, {last:.3g} over the last 20). Hint: {hint}"
     )
