@@ -650,7 +650,8 @@ MISTAKES: list[Mistake] = [
     ),
     Mistake(
         "sample_wrong_direction", "sample",
-        ("sample_visits_every_t_in_order", "sample_gaussian_data", "sample_point_mass", "sample_two_point_mixture"),
+        ("sample_visits_every_t_in_order", "sample_gaussian_data", "sample_draws_faces_from_a_trained_model",
+         "sample_point_mass", "sample_two_point_mixture"),
         "runs the reverse loop from t = 0 up to T − 1",
         _edit(SAMPLE, "for t in reversed(range(schedule.T)):", "for t in range(schedule.T):"),
         "wrong direction",

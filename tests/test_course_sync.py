@@ -262,16 +262,20 @@ def test_guides_exist() -> None:
 
 
 def test_the_outcome_figures_quoted_are_the_measured_ones() -> None:
-    """Lesson 4's text and the instructors' guide quote lesson 4's outcome scores from ``OUTCOME_MEASURED`` (which
+    """Lessons 4 and 5 and the instructors' guide quote the outcome checks' scores from ``OUTCOME_MEASURED`` (which
     data_scripts/outcome_calibration.py measures), so a recalibration cannot leave a stale figure behind."""
     from tests.harness import check_name
     from tests.test_loss import OUTCOME_CHECK, OUTCOME_PASS, quoted_range, test_train_step_trains_a_model
 
     assert check_name(test_train_step_trains_a_model) == OUTCOME_CHECK
-    lesson = "\n".join(c.source for c in read("04_training").cells if c.cell_type == "markdown")
-    texts = {"lesson 4's text": lesson, "solutions/README.md": (SOLUTIONS / "README.md").read_text(encoding="utf-8")}
+    texts = {f"lesson {lesson[1]}'s text": "\n".join(c.source for c in read(lesson).cells if c.cell_type == "markdown")
+             for lesson in ("04_training", "05_sampling")}
+    texts["solutions/README.md"] = (SOLUTIONS / "README.md").read_text(encoding="utf-8")
     for where, text in texts.items():
-        for phrase in (quoted_range("correct"), quoted_range("untrained"), f"pass mark is {OUTCOME_PASS:.0f}"):
+        phrases = [quoted_range("correct"), quoted_range("untrained"), f"pass mark is {OUTCOME_PASS:.0f}"]
+        if where == "solutions/README.md":
+            phrases.append(f"typical mistakes {quoted_range('mistakes')}")
+        for phrase in phrases:
             assert phrase in text, f"{where} should quote {phrase!r} (tests/test_loss.py OUTCOME_MEASURED)"
 
 

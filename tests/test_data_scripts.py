@@ -96,3 +96,16 @@ def test_scripts_have_help(script: str):
     proc = subprocess.run([sys.executable, str(SCRIPTS / script), "--help"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0 and "usage:" in proc.stdout and "--out" in proc.stdout
+
+
+def test_outcome_calibration_reproduces_the_untrained_range(capsys: pytest.CaptureFixture[str]):
+    """The calibration script runs the outcome check's own recipe; an untrained model lands in the recorded range."""
+    from tests.test_loss import OUTCOME_MEASURED
+
+    mod = _load("outcome_calibration")
+    ranges = mod.main(["--seeds", "0", "--kinds", "untrained"])
+    lo, hi = OUTCOME_MEASURED["untrained"]
+    assert set(ranges) == {"untrained"} and lo <= ranges["untrained"][0] <= ranges["untrained"][1] <= hi
+    assert "OUTCOME_MEASURED = {" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        mod.main(["--kinds", "no_such_kind"])

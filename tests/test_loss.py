@@ -236,25 +236,31 @@ OUTCOME_CHECK = "train_step_trains_a_model"
 OUTCOME_MEASURED: dict[str, tuple[int, int]] = {
     "correct": (50, 64),
     "untrained": (130, 133),
+    "train_step_no_zero_grad": (117, 332),
+    "train_step_no_clipping": (760, 760),  # diverges: every sample saturates
+    "train_step_clips_after_step": (760, 760),
+    "train_step_loss_on_x0": (137, 138),
+    "train_step_t_continuous": (106, 108),
 }
 
 
 def quoted_range(kind: str) -> str:
-    """``OUTCOME_MEASURED[kind]`` as the texts quote it: "50–64"."""
-    lo, hi = OUTCOME_MEASURED[kind]
+    """``OUTCOME_MEASURED[kind]`` as the texts quote it, "50–64"; kind "mistakes": the range over every mistake."""
+    if kind == "mistakes":
+        ranges = [r for k, r in OUTCOME_MEASURED.items() if k not in ("correct", "untrained")]
+        lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+    else:
+        lo, hi = OUTCOME_MEASURED[kind]
     return f"{lo}–{hi}" if lo != hi else f"{lo}"
 
 
-def outcome_score(train_step, seed: int = 0) -> tuple[float, list[float]]:
-    """Train the outcome check's U-Net with ``train_step`` and score its samples: (MS-SWD ×10³ at 16 px, losses).
+def outcome_model(train_step, seed: int = 0) -> tuple[nn.Module, R.NoiseSchedule, list[float]]:
+    """The outcome check's U-Net trained by ``train_step``: (model in eval mode, schedule, the loss of every step).
 
     ``OUTCOME_STEPS`` calls of ``train_step(model, optimizer, x0, schedule, generator=g, grad_clip=1.0)`` on batches
-    of 16 of the 90 LFW training faces at 16×16 (cosine schedule, T = 100), then ``OUTCOME_SAMPLES`` samples by the
-    reference sampler (Algorithm 2) from fixed noise, scored against the training faces at the finest level of
-    :func:`ddpm_ref.metrics.ms_swd`. Non-finite samples count as 0. The global RNG is left as it was.
+    of 16 of the 90 LFW training faces at 16×16 (cosine schedule, T = 100), plain SGD at ``OUTCOME_LR`` with
+    momentum 0.9. The global RNG is left as it was.
     """
-    from ddpm_ref.metrics import ms_swd
-
     faces = R.lfw_faces("train", size=16)
     schedule = R.NoiseSchedule.from_name("cosine", 100)
     with torch.random.fork_rng():
@@ -268,11 +274,28 @@ def outcome_score(train_step, seed: int = 0) -> tuple[float, list[float]]:
             x0 = faces[torch.randint(0, len(faces), (16,), generator=g)]
             out = train_step(model, optimizer, x0, schedule, generator=g, grad_clip=1.0)
             losses.append(float(out) if isinstance(out, (int, float, Tensor)) else float("nan"))
-        model.eval()
-        x = R.sample(model, schedule, (OUTCOME_SAMPLES, 1, 16, 16), generator=torch.Generator().manual_seed(1),
-                     progress=False)
-    x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).clamp(-1, 1)
-    return ms_swd(x, faces, seed=0).levels[0][1], losses
+    return model.eval(), schedule, losses
+
+
+def outcome_samples_score(x: object) -> float:
+    """MS-SWD ×10³ of samples [N, 1, 16, 16] against the training faces at 16×16, finest level of
+    :func:`ddpm_ref.metrics.ms_swd`; non-finite values count as 0, anything but such a tensor scores inf."""
+    from ddpm_ref.metrics import ms_swd
+
+    if not isinstance(x, Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != (1, 16, 16) or len(x) < 2:
+        return float("inf")
+    x = torch.nan_to_num(x.detach().float(), nan=0.0, posinf=0.0, neginf=0.0).clamp(-1, 1)
+    return ms_swd(x, R.lfw_faces("train", size=16), seed=0).levels[0][1]
+
+
+def outcome_score(train_step, seed: int = 0, sample=None) -> tuple[float, list[float]]:
+    """Train with ``train_step`` (:func:`outcome_model`), draw ``OUTCOME_SAMPLES`` samples from fixed noise with
+    ``sample`` (default: the reference sampler, Algorithm 2) and score them: (MS-SWD ×10³ at 16 px, losses)."""
+    model, schedule, losses = outcome_model(train_step, seed)
+    with torch.random.fork_rng():
+        x = (sample or R.sample)(model, schedule, (OUTCOME_SAMPLES, 1, 16, 16),
+                                 generator=torch.Generator().manual_seed(1), progress=False)
+    return outcome_samples_score(x), losses
 
 
 @check("train_step")

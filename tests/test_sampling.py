@@ -252,6 +252,32 @@ def test_sample_two_point_mixture(impl) -> None:
     expect_two_point_mixture(x)
 
 
+@check("sample")
+def test_sample_draws_faces_from_a_trained_model(impl) -> None:
+    """The outcome: your sampler draws faces from a trained network, as close to the training faces as the reference
+    sampler's. The network is lesson 4's outcome model (a U-Net 16/32 trained on the faces at 16×16 by 200 steps of
+    the reference ``train_step``, :func:`tests.test_loss.outcome_model`); 32 samples from the same noise seed by yours
+    and by ``ddpm_ref.sample``, scored by MS-SWD ×10³ at 16 px against the training faces. Pass: at most
+    ``OUTCOME_PASS`` (an untrained network's samples score 130–133; the reference's, ``OUTCOME_MEASURED["correct"]``).
+    """
+    from tests.test_loss import OUTCOME_PASS, OUTCOME_SAMPLES, outcome_model, outcome_samples_score
+
+    model, schedule, _ = outcome_model(R.train_step)
+    shape = (OUTCOME_SAMPLES, 1, 16, 16)
+    with torch.random.fork_rng():
+        x = _sample(impl, model, schedule, shape, 1)
+    score = outcome_samples_score(x)
+    if score <= OUTCOME_PASS:
+        return
+    with torch.random.fork_rng():
+        ref = outcome_samples_score(R.sample(model, schedule, shape, generator=gen(1), progress=False))
+    raise AssertionError(
+        f"samples of a trained U-Net drawn by your sample() should score MS-SWD ≤ {OUTCOME_PASS:.0f} at 16 px against "
+        f"the training faces (the reference sampler, same model and noise seed: {ref:.1f}); yours score {score:.1f}. "
+        "Hint: start from N(0, I) at t = T−1, apply p_sample at every t down to 0, and return the last x"
+    )
+
+
 # ---------------------------------------------------------------------------------------- reference facts
 
 
