@@ -42,10 +42,14 @@ from .precision import resolve_amp_dtype
 from .samplers import sample
 from .train import Callback, Trainer, TrainResult, train_step
 
-__all__ = ["DemoResult", "run_demo", "calibrate_steps", "demo_amp"]
+__all__ = ["DEMO_TRAIN_SECONDS", "DemoResult", "run_demo", "calibrate_steps", "demo_amp"]
 
-#: EMA preview grids per demo run: every ceil(epochs / PREVIEWS) epochs, and after the last
-PREVIEWS = 4
+#: EMA preview grids of PREVIEW_N faces per demo run (all T steps each, out of the training budget: at 4 grids of
+#: 16 they took 60 of its 160 s on 2 cores), the last one after the last epoch
+PREVIEWS, PREVIEW_N = 2, 8
+#: the default training budget: with the calibration before it and the sampling, reconstructions and scores after it
+#: (about 70 s), the whole demo takes under 4 minutes on 2 CPU cores (BENCHMARKS.md, "Sample quality")
+DEMO_TRAIN_SECONDS = 160.0
 
 
 @dataclass
@@ -148,7 +152,7 @@ class _ThreadGovernor(Callback):
 def run_demo(
     out_dir: str | Path = "demo_out",
     *,
-    train_seconds: float = 210.0,
+    train_seconds: float = DEMO_TRAIN_SECONDS,
     steps: int = 0,
     config: TrainConfig | None = None,
     n_samples: int = 36,
@@ -165,7 +169,7 @@ def run_demo(
     t_wall = time.perf_counter()
     out = Path(out_dir)
     cfg = config or get_config("lfw-demo")
-    cfg = cfg.replace(amp=demo_amp(cfg.amp))
+    cfg = cfg.replace(amp=demo_amp(cfg.amp), preview_n=min(cfg.preview_n, PREVIEW_N))
     budget = 0.0  # an explicit step count is honoured exactly
     if steps <= 0:
         budget = max(train_seconds, 0.0)  # safety net if the machine slows down (0: none)
@@ -180,6 +184,8 @@ def run_demo(
         cfg = cfg.replace(dataset_repeat=max(1, round(steps * cfg.batch_size / (n_faces * 3 * PREVIEWS))))
     spe = n_faces * cfg.dataset_repeat // cfg.batch_size
     epochs = max(1, round(steps / spe))
+    if budget:  # a multiple of PREVIEWS, so that the grids come at even intervals, the last one at the end
+        epochs = PREVIEWS * max(1, round(steps / (spe * PREVIEWS)))
     cfg = cfg.replace(epochs=epochs, max_steps=0, time_budget_s=budget, preview_every=-(-epochs // PREVIEWS),
                       milestone_every=0)
     ckpt = out / "checkpoints" / "ckpt_latest.pt"
