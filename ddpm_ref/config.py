@@ -219,8 +219,8 @@ own run to the time budget.
 """
 
 LFW_DEMO_NOTES = """\
-lfw-demo is lfw-tiny (same data, network, optimiser type and T=300) set for the demo, which trains for 900–1700 steps
-instead of 7200, depending on the machine (BENCHMARKS.md, "Sample quality", has every figure: MS-SWD ×10³ of 48
+lfw-demo is lfw-tiny (same data, network, optimiser type and T=300) set for the demo, which trains for about 900 steps
+(2 CPU cores, fp32) instead of 7200 (BENCHMARKS.md, "Sample quality", has every figure: MS-SWD ×10³ of 48
 samples against the 90 training faces, and the brightness gap). Four changes, each measured against runs of the same
 length and seed. The network predicts v = √ᾱ_t·ε − √(1−ᾱ_t)·x0 (Salimans & Ho 2022; ``objective="v"``) instead of
 ε: an ε-network's error reaches x̂0 multiplied by √((1−ᾱ_t)/ᾱ_t), so in a short run each face's overall brightness,
