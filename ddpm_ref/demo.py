@@ -2,7 +2,7 @@
 reconstruct and score.
 
 ``python -m ddpm_ref demo`` runs :func:`run_demo`. No download: the faces ship with scikit-image. On a 2-core CPU
-the whole demo takes about 4 minutes (3.5 of them training). Everything lands in one folder (``demo_out/``)::
+the whole demo takes under 4 minutes (about 2.7 of them training). Everything lands in one folder (``demo_out/``)::
 
     samples.png            36 faces sampled from pure noise by the EMA model (ancestral DDPM, all T steps)
     nearest_train.png      each of 12 samples next to its nearest training face (is the model copying?)
@@ -48,7 +48,7 @@ __all__ = ["DEMO_TRAIN_SECONDS", "DemoResult", "run_demo", "calibrate_steps", "d
 #: 16 they took 60 of its 160 s on 2 cores), the last one after the last epoch
 PREVIEWS, PREVIEW_N = 2, 8
 #: the default training budget: with the calibration before it and the sampling, reconstructions and scores after it
-#: (about 70 s), the whole demo takes under 4 minutes on 2 CPU cores (BENCHMARKS.md, "Sample quality")
+#: (about 60 s), the whole demo takes under 4 minutes on 2 CPU cores (BENCHMARKS.md, "Sample quality")
 DEMO_TRAIN_SECONDS = 160.0
 
 
