@@ -30,28 +30,28 @@ def untrained_step(model, optimizer, x0, schedule, *, generator=None, grad_clip=
     return 0.0
 
 
-def kinds() -> dict[str, tuple[str, list[Callable]]]:
-    """{kind: (group, [train_step, ...])}; group is "correct", "untrained" or "mistake"."""
+def kinds() -> dict[str, tuple[str, Callable]]:
+    """{kind: (group, train_step)}; group is "correct", "untrained" or "mistake"."""
     import ddpm_ref
 
     def step_of(source: str) -> Callable:
         return notebook_namespace(source)["train_step"]
 
-    out: dict[str, tuple[str, list[Callable]]] = {"reference": ("correct", [ddpm_ref.train_step])}
+    out: dict[str, tuple[str, Callable]] = {"reference": ("correct", ddpm_ref.train_step)}
     for alt in ALTERNATIVES:
         if alt.exercise == "train_step":
-            out[alt.name] = ("correct", [step_of(alt.source)])
-    out["untrained"] = ("untrained", [untrained_step])
+            out[alt.name] = ("correct", step_of(alt.source))
+    out["untrained"] = ("untrained", untrained_step)
     for m in MISTAKES:
         if OUTCOME_CHECK in m.breaks:
-            out[m.name] = ("mistake", [step_of(m.source)])
+            out[m.name] = ("mistake", step_of(m.source))
     return out
 
 
 def calibrate(seeds: list[int], only: list[str] | None = None) -> dict[str, list[float]]:
     """{kind: [score per seed]}, one line printed per run."""
     scores: dict[str, list[float]] = {}
-    for name, (group, (step,)) in kinds().items():
+    for name, (group, step) in kinds().items():
         if only and name not in only:
             continue
         for seed in seeds:

@@ -92,15 +92,12 @@ class VPrediction(nn.Module):
     DDIM run it unchanged; then x̂0 = √ᾱ_t·x_t − √(1−ᾱ_t)·v̂ (:func:`predict_x0` of that ε̂), whose error is at most
     the error of v̂ at every t, where an ε-network's error is multiplied by √((1−ᾱ_t)/ᾱ_t) (×4.5 at the seed's
     ᾱ_{T−1}, ×6000 at the cosine schedule's). ``output="v"`` returns v̂ itself (the training target of
-    :func:`v_loss`). The schedule's constants are non-persistent buffers: checkpoints hold the network's weights.
+    :func:`v_loss`). The schedule is an attribute, not buffers: checkpoints hold the network's weights only.
     """
 
     def __init__(self, net: nn.Module, schedule: NoiseSchedule) -> None:
         super().__init__()
-        self.net = net
-        self.register_buffer("sqrt_alpha_bars", schedule.sqrt_alpha_bars.float().clone(), persistent=False)
-        self.register_buffer("sqrt_one_minus_alpha_bars", schedule.sqrt_one_minus_alpha_bars.float().clone(),
-                             persistent=False)
+        self.net, self.schedule = net, schedule
 
     def forward(self, x_t: Tensor, t: Tensor, *args, output: str = "eps", **kwargs) -> Tensor:
         v = self.net(x_t, t, *args, **kwargs)
@@ -108,22 +105,12 @@ class VPrediction(nn.Module):
             return v
         if output != "eps":
             raise ValueError(f"output must be 'eps' or 'v', got {output!r}")
-        t = as_timesteps(t, x_t)
-        shape = (-1,) + (1,) * (x_t.dim() - 1)
-        a = self.sqrt_alpha_bars[t].reshape(shape).to(v.dtype)
-        s = self.sqrt_one_minus_alpha_bars[t].reshape(shape).to(v.dtype)
-        return s * x_t.to(v.dtype) + a * v  # ε̂ = √(1−ᾱ_t)·x_t + √ᾱ_t·v̂
+        s = self.schedule  # ε̂ = √(1−ᾱ_t)·x_t + √ᾱ_t·v̂
+        return s.gather(s.sqrt_one_minus_alpha_bars, t, v) * x_t.to(v.dtype) + s.gather(s.sqrt_alpha_bars, t, v) * v
 
 
-def v_loss(
-    model: nn.Module,
-    x0: Tensor,
-    schedule: NoiseSchedule,
-    *,
-    t: Tensor | None = None,
-    noise: Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
+def v_loss(model: nn.Module, x0: Tensor, schedule: NoiseSchedule, *, t: Tensor | None = None,
+           noise: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
     """E_{t,x0,ε} ‖v − v_θ(x_t, t)‖² with x_t as in eq. 4 (Salimans & Ho 2022); a scalar, for a :class:`VPrediction`.
 
     Equal to L_simple weighted by 1/ᾱ_t (‖v̂ − v‖² = ‖ε̂ − ε‖²/ᾱ_t): the noisiest steps, where each image's overall

@@ -7,6 +7,8 @@ whatever order the implementation draws its random numbers in.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -254,6 +256,30 @@ def quoted_range(kind: str) -> str:
     return f"{lo}–{hi}" if lo != hi else f"{lo}"
 
 
+def outcome_unet() -> nn.Module:
+    """The outcome check's network, untrained: a U-Net 16/32, one ResBlock per level, no attention (1×16×16)."""
+    return R.UNet(1, channels=(16, 32), num_res_blocks=1, attention=False, groups=8)
+
+
+def outcome_schedule() -> R.NoiseSchedule:
+    """The outcome check's diffusion: cosine schedule, T = 100."""
+    return R.NoiseSchedule.from_name("cosine", 100)
+
+
+@functools.cache
+def _reference_outcome_weights() -> dict[str, Tensor]:
+    model, _, _ = outcome_model(R.train_step)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def reference_outcome_model() -> tuple[nn.Module, R.NoiseSchedule]:
+    """:func:`outcome_model` of the reference ``train_step`` (seed 0) as a fresh module (eval mode) and its schedule;
+    the training runs once per process, each call loads its weights into a new :func:`outcome_unet`."""
+    model = outcome_unet()
+    model.load_state_dict(_reference_outcome_weights())
+    return model.eval(), outcome_schedule()
+
+
 def outcome_model(train_step, seed: int = 0) -> tuple[nn.Module, R.NoiseSchedule, list[float]]:
     """The outcome check's U-Net trained by ``train_step``: (model in eval mode, schedule, the loss of every step).
 
@@ -262,10 +288,10 @@ def outcome_model(train_step, seed: int = 0) -> tuple[nn.Module, R.NoiseSchedule
     momentum 0.9. The global RNG is left as it was.
     """
     faces = R.lfw_faces("train", size=16)
-    schedule = R.NoiseSchedule.from_name("cosine", 100)
+    schedule = outcome_schedule()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = R.UNet(1, channels=(16, 32), num_res_blocks=1, attention=False, groups=8)
+        model = outcome_unet()
         optimizer = torch.optim.SGD(model.parameters(), lr=OUTCOME_LR, momentum=0.9)
         g = torch.Generator().manual_seed(seed)
         model.train()

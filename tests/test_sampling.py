@@ -256,13 +256,13 @@ def test_sample_two_point_mixture(impl) -> None:
 def test_sample_draws_faces_from_a_trained_model(impl) -> None:
     """The outcome: your sampler draws faces from a trained network, as close to the training faces as the reference
     sampler's. The network is lesson 4's outcome model (a U-Net 16/32 trained on the faces at 16×16 by 200 steps of
-    the reference ``train_step``, :func:`tests.test_loss.outcome_model`); 32 samples from the same noise seed by yours
-    and by ``ddpm_ref.sample``, scored by MS-SWD ×10³ at 16 px against the training faces. Pass: at most
-    ``OUTCOME_PASS`` (an untrained network's samples score 130–133; the reference's, ``OUTCOME_MEASURED["correct"]``).
+    the reference ``train_step``, :func:`tests.test_loss.reference_outcome_model`); 32 samples from the same noise
+    seed by yours and by ``ddpm_ref.sample``, scored by MS-SWD ×10³ at 16 px against the training faces. Pass: at
+    most ``OUTCOME_PASS`` (what the reference and an untrained network score: ``OUTCOME_MEASURED``).
     """
-    from tests.test_loss import OUTCOME_PASS, OUTCOME_SAMPLES, outcome_model, outcome_samples_score
+    from tests.test_loss import OUTCOME_PASS, OUTCOME_SAMPLES, outcome_samples_score, reference_outcome_model
 
-    model, schedule, _ = outcome_model(R.train_step)
+    model, schedule = reference_outcome_model()
     shape = (OUTCOME_SAMPLES, 1, 16, 16)
     with torch.random.fork_rng():
         x = _sample(impl, model, schedule, shape, 1)
