@@ -165,8 +165,25 @@ def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return fn(*args, **kwargs)
 
 
+def on_student_side(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` where the student's objects live: here, or in the student's sandboxed process when
+    the judge grades (:mod:`tests.judge`; ``fn`` then travels by value and must return plain data). For the few
+    steps a check cannot take through a proxy: hooks, backward passes, autocast, in-place edits of parameters."""
+    if any(type(a).__module__.startswith("tests.judge") for a in (*args, *kwargs.values())):
+        from tests.judge.remote import student_side
+
+        remote = student_side(fn, *args, **kwargs)
+        if remote is not None:
+            return remote[0]
+    return fn(*args, **kwargs)
+
+
 def nudge_parameters(model: nn.Module, scale: float = 0.02, seed: int = 0) -> None:
     """Add small noise to every parameter, so that zero-initialised layers also pass information on."""
+    on_student_side(_nudge, model, scale, seed)
+
+
+def _nudge(model: nn.Module, scale: float, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():

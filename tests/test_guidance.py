@@ -16,7 +16,15 @@ import torch
 from torch import Tensor, nn
 
 import ddpm_ref as R
-from tests._asserts import call, expect_close, expect_tensor, fmt, nudge_parameters, timesteps_summary
+from tests._asserts import (
+    call,
+    expect_close,
+    expect_tensor,
+    fmt,
+    nudge_parameters,
+    on_student_side,
+    timesteps_summary,
+)
 from tests.harness import check
 
 NUM_CLASSES = 5  # the stand-in model's classes; its null label is 5
@@ -81,7 +89,7 @@ def guided_closed_form(x: Tensor, t: Tensor, labels: Tensor, w: float, *, null: 
 def _embed(impl, num_classes: int, dim: int) -> nn.Module:
     torch.manual_seed(0)
     module = impl.LabelEmbedding(num_classes, dim)
-    if not isinstance(module, nn.Module):
+    if not on_student_side(isinstance, module, nn.Module):
         raise AssertionError(f"LabelEmbedding(...) should be an nn.Module, got {type(module).__name__}")
     return module
 
@@ -114,17 +122,45 @@ def test_LabelEmbedding_shapes_and_null_label(impl) -> None:
                  hint="the same label must always give the same vector, whatever else is in the batch")
 
 
+def _label_gradients(module: nn.Module, labels: Tensor) -> tuple[int, bool]:
+    """(number of trainable parameters, whether a loss on the output gives one of them a non-zero gradient)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    module(labels).square().sum().backward()
+    return len(params), any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in params)
+
+
+#: a small unconditional UNet of ddpm_ref; with num_classes=3 its label embedding is the student's
+LABEL_UNET = {"in_channels": 1, "channels": (8, 16), "num_res_blocks": 1, "attention": False}
+
+
+def _label_unet_outputs(module: nn.Module, x: Tensor, t: Tensor) -> tuple[list[Tensor], Tensor]:
+    """ddpm_ref's UNet(num_classes=3) with ``module`` as its label embedding (parameters nudged): the outputs for
+    labels 0, 1, 2, ∅ = 3, and for no labels."""
+    own = R.unet.LabelEmbedding
+    R.unet.LabelEmbedding = lambda n, dim: nn.Embedding(n + 1, dim)  # a stand-in, replaced by ``module`` below
+    try:
+        torch.manual_seed(0)
+        net = R.UNet(**LABEL_UNET, num_classes=3)
+    finally:
+        R.unet.LabelEmbedding = own
+    net.label_embed = module
+    nudge_parameters(net, 0.05)
+    net.eval()
+    with torch.no_grad():
+        return [net(x, t, torch.full((4,), c)) for c in range(4)], net(x, t)
+
+
 @check("LabelEmbedding")
 def test_LabelEmbedding_is_learned(impl) -> None:
     """The vectors are parameters: a loss on the output gives a gradient to them."""
     module = _embed(impl, 4, 16)
-    params = [p for p in module.parameters() if p.requires_grad]
-    if not params:
+    labels = torch.tensor([0, 1, 2, 3])
+    _embed_call(module, labels, 4, 16)
+    trainable, reached = on_student_side(_label_gradients, module, labels)
+    if not trainable:
         raise AssertionError("LabelEmbedding has no trainable parameters: the label vectors must be learned "
                              "(nn.Embedding, or an nn.Parameter table)")
-    out = _embed_call(module, torch.tensor([0, 1, 2, 3]), 4, 16)
-    out.square().sum().backward()
-    if not any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in params):
+    if not reached:
         raise AssertionError("no gradient reached LabelEmbedding's parameters: do not detach the vectors or "
                              "build them under torch.no_grad()")
 
@@ -132,17 +168,10 @@ def test_LabelEmbedding_is_learned(impl) -> None:
 @check("LabelEmbedding")
 def test_LabelEmbedding_in_the_unet(impl) -> None:
     """In ddpm_ref's UNet(num_classes=3) in place of its own: the output depends on the label, and no label = ∅."""
-    torch.manual_seed(0)
-    net = R.UNet(in_channels=1, channels=(8, 16), num_res_blocks=1, attention=False, num_classes=3)
-    emb_dim = net.time_embed[-1].out_features
-    net.label_embed = _embed(impl, 3, emb_dim)
-    nudge_parameters(net, 0.05)
-    net.eval()
-    x = torch.randn(4, 1, 8, 8, generator=gen(0))
-    t = torch.full((4,), 100)
-    with torch.no_grad():
-        outs = [net(x, t, torch.full((4,), c)) for c in range(4)]
-        none = net(x, t)
+    emb_dim = R.UNet(**LABEL_UNET).time_embed[-1].out_features
+    module = _embed(impl, 3, emb_dim)
+    outs, none = on_student_side(_label_unet_outputs, module, torch.randn(4, 1, 8, 8, generator=gen(0)),
+                                 torch.full((4,), 100))
     for c in range(3):
         if torch.allclose(outs[c], outs[c + 1], atol=1e-6):
             raise AssertionError(f"the UNet gives the same output for labels {c} and {c + 1}: the label vectors "

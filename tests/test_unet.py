@@ -16,7 +16,14 @@ import torch
 from torch import Tensor, nn
 
 import ddpm_ref as R
-from tests._asserts import expect_close, expect_tensor, fmt, load_reference_weights, nudge_parameters
+from tests._asserts import (
+    expect_close,
+    expect_tensor,
+    fmt,
+    load_reference_weights,
+    nudge_parameters,
+    on_student_side,
+)
 from tests.harness import CheckSkipped, check
 
 BATCHNORM_HINT = (
@@ -112,15 +119,21 @@ def _batch_independence(run, make_inputs, label: str, module: nn.Module, hint: s
     module.eval()
 
 
-def _every_parameter_gets_a_gradient(module: nn.Module, out: Tensor, label: str) -> None:
-    out.float().square().mean().backward()
+def _gradient_report(module: nn.Module, *inputs: Tensor) -> tuple[list[str], list[str]]:
+    """One forward/backward pass: (parameters that got no gradient, parameters with a non-finite one)."""
+    module(*inputs).float().square().mean().backward()
     missing = [name for name, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    bad = [name for name, p in module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    return missing, bad
+
+
+def _every_parameter_gets_a_gradient(module: nn.Module, inputs: tuple[Tensor, ...], label: str) -> None:
+    missing, bad = on_student_side(_gradient_report, module, *inputs)
     if missing:
         raise AssertionError(
             f"{label}: {len(missing)} parameter(s) get no gradient: {', '.join(missing[:6])}"
             f"{', …' if len(missing) > 6 else ''}. Hint: a layer created in __init__ is never used in forward"
         )
-    bad = [name for name, p in module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
     if bad:
         raise AssertionError(f"{label}: NaN/inf gradients in {', '.join(bad[:6])}")
 
@@ -174,6 +187,10 @@ def test_ResBlock_uses_time_embedding(impl) -> None:
 
 def _inputs_of_norms(block: nn.Module, x: Tensor, emb: Tensor, channels: int) -> list[Tensor]:
     """The input of every nn.GroupNorm over ``channels`` channels in ``block`` during one forward pass."""
+    return on_student_side(_record_norm_inputs, block, x, emb, channels)
+
+
+def _record_norm_inputs(block: nn.Module, x: Tensor, emb: Tensor, channels: int) -> list[Tensor]:
     seen: list[Tensor] = []
     hooks = [m.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
              for m in block.modules() if isinstance(m, nn.GroupNorm) and m.num_channels == channels]
@@ -226,7 +243,7 @@ def test_ResBlock_gradients(impl) -> None:
     """Every parameter receives a gradient."""
     block = _resblock(impl, 32, 64).train()
     x, emb = _res_inputs(32)(0)
-    _every_parameter_gets_a_gradient(block, block(x, emb), "ResBlock(32, 64, 64)")
+    _every_parameter_gets_a_gradient(block, (x, emb), "ResBlock(32, 64, 64)")
 
 
 @check("ResBlock", hidden=True)
@@ -389,13 +406,14 @@ def test_UNet_gradients(impl) -> None:
     """Every parameter receives a gradient from one forward/backward pass."""
     model = _unet(impl, **TINY).train()
     x, t = _unet_inputs(2)(0)
-    _every_parameter_gets_a_gradient(model, model(x, t), "UNet(in_channels=1, channels=(32, 64))")
+    _every_parameter_gets_a_gradient(model, (x, t), "UNet(in_channels=1, channels=(32, 64))")
 
 
-def _bottleneck_size(model: nn.Module, x: Tensor, t: Tensor, label: str) -> tuple[list[int], Tensor]:
+def _record_bottleneck(model: nn.Module, x: Tensor, t: Tensor) -> tuple[list[list[int]], Tensor] | None:
+    """The input shapes ``model.mid_attn`` saw in one forward pass and the output; None without a ``mid_attn``."""
     attn = getattr(model, "mid_attn", None)
     if not isinstance(attn, nn.Module):
-        raise AssertionError(f"{label} has no module `mid_attn`: name the bottleneck self-attention self.mid_attn")
+        return None
     seen: list[list[int]] = []
     handle = attn.register_forward_hook(lambda m, args, out: seen.append(list(args[0].shape)))
     try:
@@ -403,6 +421,14 @@ def _bottleneck_size(model: nn.Module, x: Tensor, t: Tensor, label: str) -> tupl
             out = model(x, t)
     finally:
         handle.remove()
+    return seen, out
+
+
+def _bottleneck_size(model: nn.Module, x: Tensor, t: Tensor, label: str) -> tuple[list[int], Tensor]:
+    recorded = on_student_side(_record_bottleneck, model, x, t)
+    if recorded is None:
+        raise AssertionError(f"{label} has no module `mid_attn`: name the bottleneck self-attention self.mid_attn")
+    seen, out = recorded
     if not seen:
         raise AssertionError(f"{label}: self.mid_attn is never called. Hint: h = mid2(mid_attn(mid1(h, emb)), emb)")
     return seen[0], out
@@ -426,8 +452,7 @@ def test_UNet_bf16_autocast(impl) -> None:
     """The model runs under torch.autocast(cpu, bfloat16) (mixed precision) and gives finite output."""
     model = _unet(impl, **TINY).eval()
     x, t = _unet_inputs(2)(0)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(x, t)
+    out = on_student_side(_under_bf16_autocast, model, x, t)
     expect_tensor(out, "UNet output under bf16 autocast", shape=x.shape, hint=(
         "under autocast, layers may return bfloat16: do not create float32/float64 tensors by hand in forward, "
         "cast with .to(h.dtype) where two dtypes meet"))
@@ -449,6 +474,11 @@ def test_UNet_seed_config_shapes(impl) -> None:
         raise AssertionError(
             f"the seed model's bottleneck attention should run on [1, 256, 32, 32] (256 / 2³), got {shape}"
         )
+
+
+def _under_bf16_autocast(model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        return model(x, t)
 
 
 # ---------------------------------------------------------------------------------------- reference facts

@@ -1,0 +1,242 @@
+"""The judge: grades one exercise of a submitted notebook with the checks here and the student's code elsewhere.
+
+For each exercise, the notebook's cells above its check cell run in a fresh sandboxed process
+(:class:`~tests.judge.remote.StudentProcess`) in which the exercise's reference, and every later one, does not
+exist. The checks run in this process, which never runs a line of the student's code: they call the student's
+definitions through proxies, and every value they compare came back as plain data. So no trick inside the notebook
+(hooks, patched libraries, frame inspection, exit calls, printed output) can touch a check or its verdict, and no
+route to the reference is left: there is none in the student's process.
+
+``judge_notebook(nb, folder)`` grades every check cell of a notebook: {grade_id: :class:`Verdict`}.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests import harness
+from tests.judge import remote, sandbox
+from tests.notebook_impl import _skip_reason, _strip_magics, _top_level_names
+
+__all__ = ["CheckCell", "Verdict", "check_cells", "grade_exercise", "judge_notebook"]
+
+#: seconds the checks of one exercise (visible and hidden) may take in all, the student's process included
+EXERCISE_BUDGET_S = 240.0
+#: how often a student's process that died or hung is started again for the exercise's remaining checks
+RESTARTS = 2
+
+
+@dataclass(frozen=True)
+class CheckCell:
+    """A check cell: its grade_id, the exercise it checks, whether it runs the hidden checks, its index."""
+
+    grade_id: str
+    exercise: str
+    hidden: bool
+    index: int
+
+
+@dataclass
+class Verdict:
+    """What a check cell scores and shows: ``passed``, the printed lines, the error line when it failed."""
+
+    passed: bool
+    text: str
+    error: str = ""
+    results: dict[str, str | None] = field(default_factory=dict)  # check name → None (passed) or its message
+
+
+def _run_checks_call(source: str) -> tuple[str, bool] | None:
+    """("q_sample", hidden) for a cell calling ``run_checks("q_sample", ..., hidden=...)``, else None."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "run_checks"
+                and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            hidden = any(k.arg == "hidden" and isinstance(k.value, ast.Constant) and k.value.value is True
+                         for k in node.keywords)
+            return node.args[0].value, hidden
+    return None
+
+
+def check_cells(nb: Any) -> list[CheckCell]:
+    """The autograded cells of a notebook that run checks (their source is nbgrader's, restored from the
+    gradebook while autograding; a student cannot change which exercise a cell checks)."""
+    found = []
+    for index, cell in enumerate(nb.cells):
+        meta = (cell.get("metadata", {}).get("nbgrader") or {})
+        if cell.get("cell_type") != "code" or not meta.get("grade"):
+            continue
+        call = _run_checks_call(cell.get("source", ""))
+        if call is not None and call[0] in harness.EXERCISES:
+            found.append(CheckCell(meta.get("grade_id", f"cell-{index}"), call[0], call[1], index))
+    return found
+
+
+def student_cells(nb: Any, before: int, name: str = "notebook") -> list[tuple[str, str, tuple[str, ...]]]:
+    """The code cells above cell ``before`` as the student's process runs them: (file name, source, names the
+    cell defines), without check cells, nbgrader's grade cells and cells tagged ``heavy``, magics dropped."""
+    cells = []
+    for index, cell in enumerate(nb.cells[:before]):
+        if cell.get("cell_type") != "code" or _skip_reason(cell):
+            continue
+        source = _strip_magics(cell.get("source", ""))
+        if not source or not source.strip():
+            continue
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            names: tuple[str, ...] = ()
+        else:
+            grade_id = (cell.get("metadata", {}).get("nbgrader") or {}).get("grade_id")
+            names = _top_level_names(tree, grade_id)
+        cells.append((f"<{name} cell {index}>", source, names))
+    return cells
+
+
+class _Session:
+    """The student's process for one exercise, started again (within the budget) when it dies or hangs."""
+
+    def __init__(self, exercise: str, cells: list, folder: Path | None, limits: sandbox.Limits) -> None:
+        self.exercise, self.cells, self.folder, self.limits = exercise, cells, folder, limits
+        self.deadline = time.monotonic() + EXERCISE_BUDGET_S
+        self.restarts = 0
+        self.proc: remote.StudentProcess | None = None
+        self.last_error = ""
+
+    def current(self) -> remote.StudentProcess:
+        if self.proc is not None and self.proc.dead is None:
+            return self.proc
+        if self.proc is not None:
+            self.last_error = self.proc.dead or ""
+            if self.restarts >= RESTARTS:
+                raise remote.StudentProcessError(self.last_error)
+            self.restarts += 1
+        left = self.deadline - time.monotonic()
+        if left <= 1:
+            raise remote.StudentProcessError(self.last_error or f"`{self.exercise}` used up its grading time")
+        self.proc = remote.StudentProcess(self.exercise, self.cells, self.folder, budget=left, limits=self.limits)
+        return self.proc
+
+    def started(self) -> _Session:
+        with contextlib.suppress(remote.StudentProcessError):
+            self.current()
+        return self
+
+    def __enter__(self) -> _Session:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.close()
+
+
+class _Definition:
+    """``impl.<exercise>`` for the checks: the student's object in the current process (re-looked-up after a
+    restart). Refuses at once when the name is bound to the withheld reference itself."""
+
+    def __init__(self, session: _Session) -> None:
+        self._session = session
+
+    def _target(self) -> Any:
+        proc = self._session.current()
+        found = proc.request("lookup", self._session.exercise)
+        if not found.get("found"):
+            raise harness.MissingDefinition(self._session.exercise)
+        if found.get("withheld") is not None:
+            from tests import integrity
+
+            raise integrity.ReferenceUsed(integrity.message(self._session.exercise, "is"))
+        return proc.wrap(found.get("value"))
+
+    def _resolve(self) -> Any:
+        return self._target()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        target = self._target()
+        return target(*args, **kwargs) if callable(target) else target
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return getattr(self._target(), name)
+
+    def __repr__(self) -> str:
+        return f"<your {self._session.exercise}>"
+
+
+def _impl(session: _Session) -> harness.Impl:
+    """The checks' ``impl``: the exercise's name bound to the student's definition, if the notebook has one."""
+    exercise = session.exercise
+    try:
+        proc = session.current()
+        defined, why = proc.request("lookup", exercise).get("found"), proc.load_errors
+    except remote.StudentProcessError as e:
+        defined, why = True, {}  # each check reports the failure
+        session.last_error = str(e)
+    impl = harness.Impl(**({exercise: _Definition(session)} if defined else {}))
+    impl._origin, impl._reference, impl._why_missing = "your notebook", False, why
+    return impl
+
+
+def _grade(session: _Session, hidden: tuple[bool, ...]) -> dict[bool, Verdict]:
+    exercise = session.exercise
+    impl = _impl(session)
+    verdicts: dict[bool, Verdict] = {}
+    for which in hidden:
+        if not any(f.hidden == which for f in harness.REGISTRY.get(exercise, [])):
+            continue
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            try:
+                results = harness.run_checks(exercise, impl, hidden=which, raise_on_failure=False)
+            except Exception as e:  # the judge's own failure: the cell fails and says so
+                results = {"judge": f"{type(e).__name__}: {e}"}
+                print(f"  ✗ the grader failed: {type(e).__name__}: {e}")
+        failed = [n for n, msg in results.items() if msg is not None]
+        error = f"{exercise}: {len(failed)} check(s) failed: {', '.join(failed)}" if failed else ""
+        verdicts[which] = Verdict(not failed, out.getvalue(), error, results)
+    return verdicts
+
+
+def grade_exercise(nb: Any, folder: Path | None, exercise: str, *, before: int | None = None,
+                   hidden: tuple[bool, ...] = (False, True), limits: sandbox.Limits = sandbox.Limits(),
+                   name: str = "notebook") -> dict[bool, Verdict]:
+    """Run the visible and/or hidden checks of ``exercise`` on the notebook's code above cell ``before``."""
+    sandbox.require()
+    harness.load_all_checks()
+    before = len(nb.cells) if before is None else before
+    with _Session(exercise, student_cells(nb, before, name), folder, limits) as session:
+        return _grade(session, hidden)
+
+
+def judge_notebook(nb: Any, folder: Path | None, *, limits: sandbox.Limits = sandbox.Limits(),
+                   name: str = "notebook") -> dict[str, Verdict]:
+    """Every check cell of ``nb``: {grade_id: Verdict}. ``folder`` holds the files the notebook reads."""
+    sandbox.require()
+    harness.load_all_checks()
+    cells = check_cells(nb)
+    verdicts: dict[str, Verdict] = {}
+    exercises = list(dict.fromkeys(c.exercise for c in cells))
+    with contextlib.ExitStack() as stack:
+        # every exercise's process starts now, so that their start-up overlaps with the checks of the first ones
+        sessions = {x: stack.enter_context(_Session(x, student_cells(nb, min(c.index for c in cells
+                                                                             if c.exercise == x), name),
+                                                    folder, limits).started()) for x in exercises}
+        for exercise in exercises:
+            mine = [c for c in cells if c.exercise == exercise]
+            results = _grade(sessions[exercise], tuple(sorted({c.hidden for c in mine})))
+            for c in mine:
+                verdicts[c.grade_id] = results.get(c.hidden, Verdict(False, "", f"{exercise}: no checks ran"))
+    return verdicts

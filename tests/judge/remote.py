@@ -1,0 +1,400 @@
+"""The judge's side: a sandboxed process holding one submission's code, and proxies that make it look local.
+
+:class:`StudentProcess` starts ``runtime.py`` in the sandbox with a copy of ``ddpm_ref`` that lacks the graded
+exercise (:mod:`tests.judge.withhold`), loads the notebook's cells there and answers for the student's objects.
+:class:`RemoteObject` is how a check sees one of them: calling it sends the arguments (a copy) and copies back
+what the call did to them (:func:`apply_state`), so a probe model records its calls and an optimizer steps as if
+the student's function had run here. Every comparison stays in this process, which never ran the student's code.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import functools
+import io
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import torch
+from torch import nn
+
+from tests import integrity
+from tests.harness import EXERCISES, Impl
+from tests.judge import protocol, sandbox, withhold
+
+HERE = Path(__file__).resolve().parent
+#: where the submission's folder, the runtime and the withheld ddpm_ref copy appear inside the sandbox
+WORK, GRADER = Path("/submission"), Path("/grader")
+#: exception types kept by name when they come back (the rest arrive as RuntimeError naming the original)
+_KEPT = {"NotImplementedError", "TypeError", "ValueError", "RuntimeError", "IndexError", "KeyError", "AttributeError",
+         "ZeroDivisionError", "AssertionError", "NameError", "MemoryError", "OverflowError", "ArithmeticError",
+         "LookupError", "UnboundLocalError", "RecursionError"}
+
+
+class StudentProcessError(AssertionError):
+    """The student's process died, hung or broke the protocol: the check it was serving fails."""
+
+
+class RemoteError(Exception):
+    """Marks an exception that was raised by the student's code in the sandbox (``remote_where``: its place)."""
+
+    remote_where = ""
+
+
+def _error_type(name: str) -> type[BaseException]:
+    base = getattr(builtins, name, RuntimeError) if name in _KEPT else RuntimeError
+    return type(name, (base, RemoteError), {"__module__": "builtins"})
+
+
+def _test_modules() -> list[Any]:
+    return [m for name, m in list(sys.modules.items()) if name == "tests" or name.startswith("tests.")]
+
+
+class _Pickler(cloudpickle.Pickler):
+    """Pickles the checks' objects by value and the student's objects (proxies) as their handle number."""
+
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, RemoteObject):
+            return ("handle", obj._hid)
+        return None
+
+
+def _dumps(value: Any) -> bytes:
+    for module in _test_modules():  # the checks' probe classes travel by value: the sandbox has no tests/
+        with contextlib.suppress(ValueError):
+            cloudpickle.register_pickle_by_value(module)
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=5).dump(value)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------ write-back
+
+
+def mutable_objects(value: Any) -> list[Any]:
+    """The judge's objects a call may change, in the order the student's side lists their copies
+    (``runtime.Runtime.mutable_objects``: the same walk)."""
+    found: list[Any] = []
+    seen: set[int] = set()
+
+    def walk(x: Any, depth: int) -> None:
+        if depth > 20 or id(x) in seen or isinstance(x, RemoteObject):
+            return
+        if isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v, depth + 1)
+            return
+        if isinstance(x, dict):
+            for v in x.values():
+                walk(v, depth + 1)
+            return
+        if isinstance(x, (torch.Tensor, torch.Generator, nn.Module, torch.optim.Optimizer)) or (
+                hasattr(x, "__dict__") and not isinstance(x, type) and not callable(x)):
+            seen.add(id(x))
+            found.append(x)
+
+    walk(value, 0)
+    return found
+
+
+def _assign(target: torch.Tensor, value: Any) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"expected a tensor, got {type(value).__name__}")
+    with torch.no_grad():
+        if target.shape == value.shape and target.dtype == value.dtype:
+            target.copy_(value)
+        else:
+            target.data = value
+
+
+def apply_state(obj: Any, state: Any) -> None:
+    """Copy what the student's call did to the copy of ``obj`` back onto ``obj`` (see ``runtime.Runtime.state``)."""
+    if state is None:
+        return
+    if isinstance(obj, torch.Tensor):
+        _assign(obj, state)
+    elif isinstance(obj, torch.Generator):
+        obj.set_state(state)
+    elif isinstance(obj, nn.Module):
+        params = dict(obj.named_parameters())
+        for name, value in state["params"].items():
+            _assign(params[name], value)
+        for name, grad in state["grads"].items():
+            params[name].grad = grad
+        buffers = dict(obj.named_buffers())
+        for name, value in state["buffers"].items():
+            if name in buffers:
+                _assign(buffers[name], value)
+        for path, attrs in state["attrs"].items():
+            module = obj.get_submodule(path) if path else obj
+            for key, value in attrs.items():
+                object.__setattr__(module, key, value) if key == "training" else setattr(module, key, value)
+    elif isinstance(obj, torch.optim.Optimizer):
+        obj.load_state_dict(state)
+    else:
+        for key, value in state["attrs"][""].items():
+            setattr(obj, key, value)
+
+
+def apply_states(objects: list[Any], states: Any) -> None:
+    if type(states) is not list or len(states) != len(objects):
+        raise StudentProcessError("the grading process sent back a state that does not match the call's arguments")
+    for obj, state in zip(objects, states):
+        try:
+            apply_state(obj, state)
+        except Exception as e:
+            raise AssertionError(f"your code changed the check's {type(obj).__name__} in a way that cannot be "
+                                 f"copied back ({type(e).__name__}: {e})") from None
+
+
+# ------------------------------------------------------------------------------------------------ the process
+
+
+class StudentProcess:
+    """One sandboxed ``runtime.py`` with one notebook's cells loaded and ``exercise``'s reference withheld."""
+
+    def __init__(self, exercise: str, cells: list[tuple[str, str, tuple[str, ...]]], folder: Path | None, *,
+                 budget: float = 240.0, limits: sandbox.Limits = sandbox.Limits()) -> None:
+        import ddpm_ref
+
+        self.exercise, self.deadline = exercise, time.monotonic() + budget
+        self.tmp = Path(tempfile.mkdtemp(prefix="ddpm-judge-"))
+        package = Path(ddpm_ref.__file__).resolve().parent
+        withhold.build(exercise, package, self.tmp / "ddpm_ref")
+        (self.tmp / "grader").mkdir()
+        for name in ("protocol.py", "runtime.py"):
+            shutil.copy2(HERE / name, self.tmp / "grader" / name)
+        work = self.tmp / "work"
+        if folder is not None:
+            shutil.copytree(folder, work, ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints",
+                                                                        "__pycache__"))
+        work.mkdir(exist_ok=True)
+        to_child, self._wfd = os.pipe()
+        self._rfd, from_child = os.pipe()
+        cmd = sandbox.command(
+            [sys.executable, "-u", str(GRADER / "runtime.py"), str(to_child), str(from_child)],
+            cwd=WORK, binds=[(self.tmp / "ddpm_ref", package), (self.tmp / "grader", GRADER)],
+            rw_binds=[(work, WORK)], limits=limits,
+            env={"DDPM_FAST": "1", "NBGRADER_EXECUTION": "autograde", "DDPM_JUDGE_THREADS": "1",
+                 "OMP_NUM_THREADS": "1", "PYTHONPATH": str(GRADER)})
+        self.proc = subprocess.Popen(cmd, pass_fds=(to_child, from_child), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        os.close(to_child)
+        os.close(from_child)
+        self.cap = sandbox.ProcessCap(self.proc.pid, limits.processes)
+        self.dead: str | None = None
+        self.calls: dict[int, list[Any]] = {}
+        self._loading = True  # the cells load while the judge does other work; the first request waits for them
+        self._send("load", {"cells": cells, "cwd": str(WORK), "others": [x for x in EXERCISES if x != exercise]})
+        self._load_errors: dict[str, str] = {}
+
+    @property
+    def load_errors(self) -> dict[str, str]:
+        """{name: why the cell that should define it failed} (waits for the cells to have run)."""
+        self._finish_loading()
+        return self._load_errors
+
+    def _finish_loading(self) -> None:
+        if self._loading:
+            self._loading = False
+            errors = self._receive().get("errors")
+            self._load_errors = {str(k): str(v) for k, v in errors.items()} if type(errors) is dict else {}
+
+    # -------------------------------------------------------------------------------------------- transport
+
+    def _fail(self, why: str) -> StudentProcessError:
+        self.close()
+        self.dead = why
+        return StudentProcessError(why)
+
+    def _read(self) -> bytes:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise self._fail(f"your `{self.exercise}` used up its grading time: is there an endless loop?")
+        ready, _, _ = select.select([self._rfd], [], [], left)
+        if not ready:
+            raise self._fail(f"your `{self.exercise}` used up its grading time: is there an endless loop?")
+        return protocol.read_frame(self._rfd)
+
+    def request(self, op: str, *args: Any) -> Any:
+        self._finish_loading()
+        self._send(op, *args)
+        return self._receive()
+
+    def _send(self, op: str, *args: Any) -> None:
+        if self.dead is not None:
+            raise StudentProcessError(self.dead)
+        try:
+            protocol.write_frame(self._wfd, _dumps((op, *args)))
+        except OSError:
+            raise self._fail(self._death()) from None
+
+    def _receive(self) -> Any:
+        if self.dead is not None:
+            raise StudentProcessError(self.dead)
+        try:
+            reply = protocol.decode(self._read())
+        except StudentProcessError:
+            raise
+        except (EOFError, OSError):
+            raise self._fail(self._death()) from None
+        except protocol.ProtocolError as e:
+            raise self._fail(f"the grading process of your `{self.exercise}` sent a malformed reply ({e})") from None
+        except BaseException:  # a check's time limit (SIGALRM) mid-request: this process's state is unknown
+            self._fail(f"your `{self.exercise}` was stopped at a check's time limit")
+            raise
+        if type(reply) is not dict:
+            raise self._fail(f"the grading process of your `{self.exercise}` sent a malformed reply")
+        if "err" in reply:
+            raise self._error(reply["err"])
+        return reply
+
+    def _death(self) -> str:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        code = self.proc.returncode
+        if self.cap.tripped:
+            return f"your code started more than {self.cap.limit} processes or threads, so its sandbox was stopped"
+        if code is not None and code < 0:
+            name = {9: "SIGKILL (out of memory or killed)", 24: "SIGXCPU: out of CPU time",
+                    25: "SIGXFSZ: a file grew past the limit"}.get(-code, f"signal {-code}")
+            return f"the process running your `{self.exercise}` was stopped by {name}"
+        return f"the process running your `{self.exercise}` ended (exit code {code}): does your code call exit()?"
+
+    def _error(self, err: Any) -> BaseException:
+        if type(err) is not dict:
+            return self._fail("the grading process sent a malformed error")
+        name, msg = str(err.get("name", "RuntimeError"))[:80], str(err.get("msg", ""))[:4000]
+        withheld = err.get("withheld")
+        if withheld is not None and withheld in {self.exercise, *withhold.ROUTES.get(self.exercise, ())}:
+            return integrity.ReferenceUsed(integrity.message(self.exercise, "calls"))
+        cls = _error_type(str(err.get("type", "RuntimeError")))
+        if name not in _KEPT and cls is not _error_type("RuntimeError"):
+            cls = _error_type("RuntimeError")
+        text = msg if name == str(err.get("type")) else f"{name}: {msg}"
+        try:
+            e = cls(text)
+        except Exception:
+            e = _error_type("RuntimeError")(text)
+        e.remote_where = str(err.get("where", ""))[:200]
+        return e
+
+    def close(self) -> None:
+        if getattr(self, "proc", None) is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, 9)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)
+        if getattr(self, "cap", None) is not None:
+            self.cap.close()
+        for fd in ("_wfd", "_rfd"):
+            with contextlib.suppress(OSError, AttributeError):
+                os.close(getattr(self, fd))
+                setattr(self, fd, -1)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -------------------------------------------------------------------------------------------- values
+
+    def wrap(self, value: Any, call: int | None = None) -> Any:
+        """A reply's value with handles turned into proxies and gradient references into a remote backward()."""
+        if isinstance(value, protocol.Handle):
+            return RemoteObject(self, value)
+        if isinstance(value, torch.Tensor):
+            ref = getattr(value, "judge_ref", None)
+            if ref is not None:
+                value.backward = functools.partial(self.backward, ref, call)
+            return value
+        if isinstance(value, list):
+            return [self.wrap(v, call) for v in value]
+        if isinstance(value, tuple):
+            return tuple(self.wrap(v, call) for v in value)
+        if isinstance(value, dict):
+            return {k: self.wrap(v, call) for k, v in value.items()}
+        return value
+
+    def invoke(self, op: str, target: Any, args: tuple, kwargs: dict) -> Any:
+        """Call ``target`` (a handle, or a function sent by value) on a copy of the arguments; the call sees and
+        leaves torch's global random state as if it had run here."""
+        originals = mutable_objects((args, kwargs))
+        reply = self.request(op, target, args, kwargs, torch.get_rng_state())
+        apply_states(originals, reply.get("wb"))
+        rng = reply.get("rng")
+        if isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8 and rng.shape == torch.get_rng_state().shape:
+            torch.set_rng_state(rng)
+        call = reply.get("call")
+        if type(call) is int:
+            self.calls[call] = originals
+        return self.wrap(reply.get("ok"), call)
+
+    def backward(self, ref: int, call: int | None, gradient: Any = None, *args: Any, **kwargs: Any) -> None:
+        """``loss.backward()`` on a result that carries a graph: runs in the student's process, then the gradients
+        of the modules that the call which made the result received are copied back here."""
+        reply = self.request("backward", ref, call, gradient)
+        if call in self.calls:
+            apply_states(self.calls[call], reply.get("wb"))
+
+    def apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn`` (a check's helper, sent by value) on the student's side, on the student's objects."""
+        return self.invoke("apply", fn, args, kwargs)
+
+
+def student_side(fn: Any, *args: Any, **kwargs: Any) -> Any | None:
+    """``fn(*args, **kwargs)`` run in the student's process when an argument is one of the student's objects
+    (``fn``, a check's helper, travels by value and returns data); None when no argument is."""
+    args = tuple(a._resolve() if hasattr(type(a), "_resolve") else a for a in args)
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, RemoteObject):
+            return (a._proc.apply(fn, *args, **kwargs),)
+    return None
+
+
+class RemoteObject:
+    """A check's view of one of the student's objects: calls, attributes and iteration go to the student's side."""
+
+    __slots__ = ("_proc", "_hid", "_type", "_callable")
+
+    def __init__(self, proc: StudentProcess, handle: protocol.Handle) -> None:
+        object.__setattr__(self, "_proc", proc)
+        object.__setattr__(self, "_hid", handle.id)
+        object.__setattr__(self, "_type", handle.type)
+        object.__setattr__(self, "_callable", handle.callable)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._proc.invoke("call", self._hid, args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return self._proc.wrap(self._proc.request("getattr", self._hid, name)["ok"])
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._proc.request("setattr", self._hid, name, value)
+
+    def __iter__(self) -> Any:
+        it = self._proc.wrap(self._proc.request("iter", self._hid)["ok"])
+        while True:
+            reply = self._proc.request("next", it._hid)
+            if not reply.get("more"):
+                return
+            yield self._proc.wrap(reply.get("ok"))
+
+    def __len__(self) -> int:
+        n = self._proc.request("len", self._hid)["ok"]
+        if type(n) is not int:
+            raise TypeError("len() of the student's object is not an int")
+        return n
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._proc.wrap(self._proc.request("getitem", self._hid, key)["ok"])
+
+    def __repr__(self) -> str:
+        return f"<your {self._type}>"

@@ -1,0 +1,206 @@
+"""The sandbox every submission runs in: bubblewrap, with limits. One place for the policy.
+
+What a sandboxed process sees: the operating system's programs and libraries and the Python installation,
+read-only; the folders the caller binds (read-only unless said otherwise); a private ``/tmp``; no network (only
+its own loopback); its own process tree; an environment of a few named variables (none of the instructor's).
+Nothing of the course folder is visible unless bound: not ``tests/``, not ``submitted/``, not the gradebook.
+
+Limits (:class:`Limits`): address space, CPU seconds, file size and open files through ``prlimit``; the number
+of processes through a ``pids`` cgroup where this machine lets us make one, else by a watchdog that kills the
+sandbox when its process tree grows past the limit.
+
+Without ``bwrap`` (Debian/Ubuntu: ``apt-get install bubblewrap``) grading refuses to start
+(:class:`SandboxUnavailable`), unless the caller says ``allow_unsandboxed`` (``DDPM_GRADE_UNSANDBOXED=1``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+#: set to 1 to grade without a sandbox on a machine that has none (never the default)
+UNSANDBOXED_ENV = "DDPM_GRADE_UNSANDBOXED"
+
+#: /etc entries a Python process needs (dynamic linker, fonts, locale, users); the rest of /etc stays out
+_ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "fonts", "localtime", "passwd", "group", "nsswitch.conf",
+        "alternatives", "mime.types", "matplotlibrc")
+
+
+class SandboxUnavailable(RuntimeError):
+    """No sandbox can be made on this machine."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one sandboxed process tree may use."""
+
+    memory_bytes: int = 8 << 30  # address space of each process
+    cpu_seconds: int = 900
+    file_bytes: int = 256 << 20  # the largest file it may write
+    open_files: int = 512
+    processes: int = 64  # threads count too (torch starts some)
+
+
+def unsandboxed_allowed() -> bool:
+    return os.environ.get(UNSANDBOXED_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def bwrap() -> str | None:
+    """The path of a working ``bwrap``, or None."""
+    path = shutil.which("bwrap")
+    if path is None:
+        return None
+    ok = subprocess.run([path, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "true"],
+                        capture_output=True, timeout=30)
+    return path if ok.returncode == 0 else None
+
+
+_BWRAP: list[str | None] = []
+
+
+def require() -> str | None:
+    """The ``bwrap`` to use, or None when grading without a sandbox was explicitly allowed; else raise."""
+    if not _BWRAP:
+        _BWRAP.append(bwrap())
+    if _BWRAP[0] is not None:
+        return _BWRAP[0]
+    if unsandboxed_allowed():
+        return None
+    raise SandboxUnavailable(
+        "cannot grade: no working bubblewrap sandbox on this machine (install it: apt-get install bubblewrap; or "
+        f"grade inside a container, see solutions/README.md); {UNSANDBOXED_ENV}=1 grades without one, unsafely")
+
+
+def _python_roots() -> list[Path]:
+    roots = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix)}
+    for entry in sys.path:
+        p = Path(entry) if entry else None
+        if p is not None and p.is_absolute() and p.exists() and ("site-packages" in p.parts
+                                                                 or "dist-packages" in p.parts):
+            roots.add(p)
+    resolved = sorted({r.resolve() for r in roots}, key=lambda p: len(p.parts))
+    return [r for r in resolved if not any(r != o and o in r.parents for o in resolved)]
+
+
+def command(cmd: Sequence[str], *, cwd: Path, binds: Sequence[tuple[Path, Path]] = (),
+            rw_binds: Sequence[tuple[Path, Path]] = (), env: dict[str, str] | None = None,
+            limits: Limits = Limits(), share_net: bool = False) -> list[str]:
+    """``cmd`` wrapped in ``prlimit`` and ``bwrap`` (or only ``prlimit`` when unsandboxed grading was allowed)."""
+    exe = require()
+    rl = [shutil.which("prlimit") or "prlimit", f"--as={limits.memory_bytes}", f"--cpu={limits.cpu_seconds}",
+          f"--fsize={limits.file_bytes}", f"--nofile={limits.open_files}", "--core=0", "--"]
+    if exe is None:
+        return [*rl, *cmd]
+    args = [exe, "--die-with-parent", "--unshare-all", "--clearenv", "--dev", "/dev", "--proc", "/proc",
+            "--tmpfs", "/tmp", "--dir", "/tmp/home"]
+    if share_net:
+        args.insert(3, "--share-net")
+    for top in ("/usr", "/bin", "/lib", "/lib32", "/lib64", "/sbin", "/opt"):
+        p = Path(top)
+        if p.is_symlink():
+            args += ["--symlink", os.readlink(p), top]
+        elif p.exists():
+            args += ["--ro-bind", top, top]
+    for name in _ETC:
+        if (Path("/etc") / name).exists():
+            args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+    for root in _python_roots():
+        args += ["--ro-bind", str(root), str(root)]
+    for src, dst in binds:
+        args += ["--ro-bind", str(src), str(dst)]
+    for src, dst in rw_binds:
+        args += ["--bind", str(src), str(dst)]
+    base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp/home", "LANG": "C.UTF-8",
+                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1", "MPLBACKEND": "Agg",
+                "MPLCONFIGDIR": "/tmp/home/.matplotlib", "OMP_WAIT_POLICY": "PASSIVE"}
+    for key, value in {**base_env, **(env or {})}.items():
+        args += ["--setenv", key, value]
+    args += ["--chdir", str(cwd), "--"]
+    return [*rl, *args, *cmd]
+
+
+# ------------------------------------------------------------------------------------------------ process limit
+
+
+class ProcessCap:
+    """Keeps a sandbox's process tree (threads included) under ``limit``: a ``pids`` cgroup where one can be made,
+    else a watchdog thread that kills the tree's root when it grows past the limit (``tripped`` says so)."""
+
+    def __init__(self, pid: int, limit: int) -> None:
+        self.pid, self.limit, self.tripped = pid, limit, False
+        self.cgroup = self._cgroup(pid, limit)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _cgroup(pid: int, limit: int) -> Path | None:
+        for base in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
+            if not (base / "cgroup.procs").exists() or not os.access(base, os.W_OK):
+                continue
+            group = base / f"ddpm-grade-{uuid.uuid4().hex[:12]}"
+            try:
+                group.mkdir()
+                (group / "pids.max").write_text(str(limit))
+                (group / "cgroup.procs").write_text(str(pid))
+                return group
+            except OSError:
+                with contextlib.suppress(OSError):
+                    group.rmdir()
+        return None
+
+    def _count(self) -> int:
+        total, todo = 0, [self.pid]
+        while todo and total <= self.limit:
+            pid = todo.pop()
+            try:
+                total += len(os.listdir(f"/proc/{pid}/task"))
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    todo += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+        return total
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.1):
+            if self.cgroup is None and self._count() > self.limit:
+                self.tripped = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+                return
+            if self.cgroup is not None and (self.cgroup / "pids.events").exists():
+                with contextlib.suppress(OSError, ValueError):
+                    if int((self.cgroup / "pids.events").read_text().split()[-1]) > 0:
+                        self.tripped = True
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.cgroup is not None:
+            for _ in range(50):
+                try:
+                    self.cgroup.rmdir()
+                    break
+                except OSError:
+                    with contextlib.suppress(OSError, ValueError):
+                        for pid in (self.cgroup / "cgroup.procs").read_text().split():
+                            os.kill(int(pid), signal.SIGKILL)
+                    time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def capped(proc: subprocess.Popen, limit: int) -> Iterator[ProcessCap]:
+    cap = ProcessCap(proc.pid, limit)
+    try:
+        yield cap
+    finally:
+        cap.close()
