@@ -244,7 +244,10 @@ def tampered_message(changed: list[str]) -> str:
 
 
 def _where(e: BaseException) -> str:
-    """' (line N of fn)' for the deepest frame outside installed libraries, else the deepest frame."""
+    """' (line N of fn)' for the deepest frame outside installed libraries, else the deepest frame (for an error
+    raised in the student's process by the judge, where it was raised there)."""
+    if hasattr(e, "remote_where"):
+        return e.remote_where
     tb = traceback.extract_tb(e.__traceback__)
     if not tb:
         return ""

@@ -81,12 +81,18 @@ def check_cells(nb: Any) -> list[CheckCell]:
     return found
 
 
-def student_cells(nb: Any, before: int, name: str = "notebook") -> list[tuple[str, str, tuple[str, ...]]]:
-    """The code cells above cell ``before`` as the student's process runs them: (file name, source, names the
-    cell defines), without check cells, nbgrader's grade cells and cells tagged ``heavy``, magics dropped."""
+def student_cells(nb: Any, before: int, exercise: str,
+                  name: str = "notebook") -> list[tuple[str, str, tuple[str, ...]]]:
+    """The code cells above cell ``before`` as the student's process for ``exercise`` runs them: (file name,
+    source, names the cell defines), magics dropped. Left out: check cells, nbgrader's grade cells, cells tagged
+    ``heavy``, and the answer cells of the other exercises (their names point at the reference while
+    ``exercise`` is graded, and nothing written there can reach this exercise's grade)."""
     cells = []
     for index, cell in enumerate(nb.cells[:before]):
+        meta = cell.get("metadata", {}).get("nbgrader") or {}
         if cell.get("cell_type") != "code" or _skip_reason(cell):
+            continue
+        if meta.get("solution") and meta.get("grade_id") != exercise:
             continue
         source = _strip_magics(cell.get("source", ""))
         if not source or not source.strip():
@@ -217,7 +223,7 @@ def grade_exercise(nb: Any, folder: Path | None, exercise: str, *, before: int |
     sandbox.require()
     harness.load_all_checks()
     before = len(nb.cells) if before is None else before
-    with _Session(exercise, student_cells(nb, before, name), folder, limits) as session:
+    with _Session(exercise, student_cells(nb, before, exercise, name), folder, limits) as session:
         return _grade(session, hidden)
 
 
@@ -232,7 +238,7 @@ def judge_notebook(nb: Any, folder: Path | None, *, limits: sandbox.Limits = san
     with contextlib.ExitStack() as stack:
         # every exercise's process starts now, so that their start-up overlaps with the checks of the first ones
         sessions = {x: stack.enter_context(_Session(x, student_cells(nb, min(c.index for c in cells
-                                                                             if c.exercise == x), name),
+                                                                             if c.exercise == x), x, name),
                                                     folder, limits).started()) for x in exercises}
         for exercise in exercises:
             mine = [c for c in cells if c.exercise == exercise]

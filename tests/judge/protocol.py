@@ -125,9 +125,9 @@ def encode(value: Any, handle_of: Any) -> bytes:
             return {"device": str(x)}
         if isinstance(x, torch.Size):
             return {"size": list(x)}
-        if type(x) in (list, tuple):
-            return {"list" if type(x) is list else "tuple": [enc(v, depth + 1) for v in x]}
-        if type(x) is dict:
+        if isinstance(x, (list, tuple)) and type(x) not in (torch.Size,):
+            return {"list" if isinstance(x, list) else "tuple": [enc(v, depth + 1) for v in x]}
+        if isinstance(x, dict):  # OrderedDict (a state_dict) and other mappings arrive as dicts
             return {"dict": [[enc(k, depth + 1), enc(v, depth + 1)] for k, v in x.items()]}
         if isinstance(x, Handle):
             return {"handle": x.id, "type": x.type, "callable": x.callable}

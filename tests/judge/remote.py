@@ -106,6 +106,15 @@ def mutable_objects(value: Any) -> list[Any]:
     return found
 
 
+def _grads(obj: Any) -> Any:
+    """The gradients an object carries (pickling drops them; a missing ``zero_grad`` must still show)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.grad
+    if isinstance(obj, nn.Module):
+        return {name: p.grad for name, p in obj.named_parameters() if p.grad is not None}
+    return None
+
+
 def _assign(target: torch.Tensor, value: Any) -> None:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"expected a tensor, got {type(value).__name__}")
@@ -276,7 +285,8 @@ class StudentProcess:
         name, msg = str(err.get("name", "RuntimeError"))[:80], str(err.get("msg", ""))[:4000]
         withheld = err.get("withheld")
         if withheld is not None and withheld in {self.exercise, *withhold.ROUTES.get(self.exercise, ())}:
-            return integrity.ReferenceUsed(integrity.message(self.exercise, "calls"))
+            how = "subclasses" if err.get("how") == "subclasses" else "calls"
+            return integrity.ReferenceUsed(integrity.message(self.exercise, how))
         cls = _error_type(str(err.get("type", "RuntimeError")))
         if name not in _KEPT and cls is not _error_type("RuntimeError"):
             cls = _error_type("RuntimeError")
@@ -325,7 +335,7 @@ class StudentProcess:
         """Call ``target`` (a handle, or a function sent by value) on a copy of the arguments; the call sees and
         leaves torch's global random state as if it had run here."""
         originals = mutable_objects((args, kwargs))
-        reply = self.request(op, target, args, kwargs, torch.get_rng_state())
+        reply = self.request(op, target, args, kwargs, torch.get_rng_state(), [_grads(o) for o in originals])
         apply_states(originals, reply.get("wb"))
         rng = reply.get("rng")
         if isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8 and rng.shape == torch.get_rng_state().shape:

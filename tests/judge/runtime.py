@@ -136,13 +136,21 @@ class Runtime:
         tb = traceback.extract_tb(e.__traceback__)
         own = [f for f in tb if f.filename in self.cell_files]
         where = f" (line {own[-1].lineno} of {own[-1].name})" if own else ""
-        withheld = getattr(e, "ddpm_withheld", None)
+        withheld, how = getattr(e, "ddpm_withheld", None), getattr(e, "ddpm_how", None)
         return {"err": {"type": kind if kind in PLAIN_ERRORS else "RuntimeError", "name": kind,
-                        "msg": str(e)[:4000], "where": where, "withheld": withheld}}
+                        "msg": str(e)[:4000], "where": where, "withheld": withheld, "how": how}}
 
-    def invoke(self, fn: Any, args: tuple, kwargs: dict, rng: torch.Tensor) -> dict[str, Any]:
-        """Call with the judge's random state; return the result, what became of the arguments, the new state."""
+    def invoke(self, fn: Any, args: tuple, kwargs: dict, rng: torch.Tensor, grads: list[Any]) -> dict[str, Any]:
+        """Call with the judge's random state and the gradients its objects carry; return the result, what became
+        of the arguments, the new random state."""
         changed = self.mutable_objects((args, kwargs))
+        for obj, grad in zip(changed, grads):
+            if isinstance(obj, torch.Tensor) and grad is not None:
+                obj.grad = grad
+            elif isinstance(obj, nn.Module) and grad:
+                params = dict(obj.named_parameters())
+                for name, g in grad.items():
+                    params[name].grad = g
         before = [self.snapshot(o) for o in changed]
         torch.set_rng_state(rng)
         result = fn(*args, **kwargs)
@@ -168,8 +176,8 @@ class Runtime:
                     errors.setdefault(n, f"{filename} raised {type(e).__name__}: {str(e)[:300]}{where}")
         import ddpm_ref
 
-        for name in spec["others"]:
-            if name in self.ns and hasattr(ddpm_ref, name):
+        for name in spec["others"]:  # the other exercises are the reference's (withheld ones: stubs)
+            if hasattr(ddpm_ref, name):
                 self.ns[name] = getattr(ddpm_ref, name)
         return {"errors": errors}
 
@@ -186,11 +194,10 @@ class Runtime:
         if op == "lookup":
             return self.lookup(*rest)
         if op == "call":
-            hid, args, kwargs, rng = rest
-            return self.invoke(self.resolve(hid), args, kwargs, rng)
+            hid, *call = rest
+            return self.invoke(self.resolve(hid), *call)
         if op == "apply":
-            fn, args, kwargs, rng = rest
-            return self.invoke(fn, args, kwargs, rng)
+            return self.invoke(*rest)
         if op == "getattr":
             hid, name = rest
             return {"ok": getattr(self.resolve(hid), name)}

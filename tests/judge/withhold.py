@@ -47,11 +47,11 @@ class ReferenceWithheld(AssertionError):
     """The reference piece is not available while this exercise is graded."""
 
 
-def _refuse(name):
+def _refuse(name, how="calls"):
     error = ReferenceWithheld(
         f"`ddpm_ref.{{name}}` is withheld while `{{GRADED}}` is graded (the reference of an exercise, and of the "
         f"exercises after it, are out of reach): write `{{GRADED}}` yourself; earlier pieces of the course are fine")
-    error.ddpm_withheld = name
+    error.ddpm_withheld, error.ddpm_how = name, how
     raise error
 
 
@@ -65,11 +65,14 @@ def function(name):
 
 
 def klass(name):
+    def how(self):
+        return "calls" if type(self).__name__ == name and type(self).__module__.startswith("ddpm_ref") else "subclasses"
+
     def __init__(self, *args, **kwargs):
-        _refuse(name)
+        _refuse(name, how(self))
 
     def forward(self, *args, **kwargs):
-        _refuse(name)
+        _refuse(name, how(self))
 
     return type(name, (nn.Module,), {{"__init__": __init__, "forward": forward, "__ddpm_withheld__": name}})
 '''
