@@ -7,8 +7,10 @@ released student notebooks in ``lessons/``, and the grading folders ``submitted/
 
 import math
 import os
+import sys
 import time
 
+from nbclient.exceptions import DeadKernelError
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
 from nbformat.v4 import new_output
 from nbgrader.preprocessors import (
@@ -22,12 +24,19 @@ from nbgrader.preprocessors import (
     NbGraderPreprocessor,
     SaveAutoGrades,
 )
-from traitlets import Integer
+from traitlets import Bool, Integer
+
+from ddpm_ref.course import course_root
+
+sys.path.insert(0, str(course_root()))  # the judge and the checks live in the repository's tests/
+from tests.judge.nbgrader import JudgeChecks, SandboxedKernelManager, prepare  # noqa: E402
 
 #: seconds one cell may run while grading: the FAST training and sampling cells take well under a minute
 CELL_TIMEOUT_S = 60
 #: seconds one notebook may run in all: later cells of a notebook over budget are scored 0 without running
 NOTEBOOK_TIMEOUT_S = 360
+#: characters of output one cell may show; what it prints beyond is dropped (a notice says so)
+CELL_OUTPUT_CHARS = 200_000
 
 
 class CourseExecute(Execute):
@@ -40,10 +49,33 @@ class CourseExecute(Execute):
     notebook_timeout = Integer(
         NOTEBOOK_TIMEOUT_S, help="seconds one notebook may run in all before its remaining cells are skipped"
     ).tag(config=True)
+    output_chars = Integer(CELL_OUTPUT_CHARS, help="characters of output kept per cell").tag(config=True)
+    sandboxed = Bool(True, help="run the kernel in the sandbox (tests/judge/sandbox.py)").tag(config=True)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.sandboxed:
+            prepare()
+            self.kernel_manager_class = SandboxedKernelManager
 
     def preprocess(self, nb, resources=None, km=None):
         self._deadline = time.monotonic() + self.notebook_timeout
+        self._dead = None
         return super().preprocess(nb, resources, km)
+
+    def output(self, outs, msg, display_id, cell_index):
+        """Keep at most ``output_chars`` characters of a cell's output (a submission may print gigabytes)."""
+        sizes = self.__dict__.setdefault("_sizes", {})
+        content = msg.get("content", {})
+        sizes[cell_index] = sizes.get(cell_index, 0) + len(str(content.get("text", ""))) + len(
+            str(content.get("data", ""))) + len(str(content.get("traceback", "")))
+        if sizes[cell_index] <= self.output_chars:
+            return super().output(outs, msg, display_id, cell_index)
+        if sizes.get(("cut", cell_index)) is None:
+            sizes[("cut", cell_index)] = True
+            outs.append(new_output("stream", name="stderr",
+                                   text=f"\n[output cut at {self.output_chars} characters]\n"))
+        return None
 
     def _get_timeout(self, cell):
         cell_timeout = super()._get_timeout(cell)
@@ -51,12 +83,22 @@ class CourseExecute(Execute):
         return left if cell_timeout is None else min(cell_timeout, left)
 
     def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type == "code" and getattr(self, "_dead", None):
+            cell.outputs = [new_output("error", ename="DeadKernelError", evalue=self._dead,
+                                       traceback=[f"DeadKernelError: {self._dead}"])]
+            return cell, resources
         if cell.cell_type == "code" and time.monotonic() >= getattr(self, "_deadline", math.inf):
             message = f"not run: the notebook used up its {self.notebook_timeout} s (is there an endless loop?)"
             cell.outputs = [new_output("error", ename="NotebookTimeoutError", evalue=message,
                                        traceback=[f"NotebookTimeoutError: {message}"])]
             return cell, resources
-        return super().preprocess_cell(cell, resources, index)
+        try:
+            return super().preprocess_cell(cell, resources, index)
+        except DeadKernelError:
+            self._dead = "not run: the kernel died in an earlier cell (an exit call, or out of memory?)"
+            cell.outputs.append(new_output("error", ename="DeadKernelError", evalue="the kernel died in this cell",
+                                           traceback=["DeadKernelError: the kernel died in this cell"]))
+            return cell, resources
 
 
 class HideHiddenTestOutput(NbGraderPreprocessor):
@@ -87,6 +129,7 @@ c.Execute.timeout = CELL_TIMEOUT_S
 c.Execute.interrupt_on_timeout = True
 c.Autograde.autograde_preprocessors = [
     CourseExecute,
+    JudgeChecks,  # the check cells' scores: the judge's verdicts, computed outside the kernel
     IgnorePattern,
     ClearMetadataPreprocessor,
     LimitOutput,

@@ -1,0 +1,98 @@
+"""nbgrader's side of the judge: a sandboxed kernel, and the preprocessor that scores the check cells.
+
+``nbgrader_config.py`` puts both in place:
+
+* :class:`SandboxedKernelManager` runs each submission's kernel in the sandbox (:mod:`tests.judge.sandbox`): it
+  sees the Python installation and ``ddpm_ref`` read-only and a private copy of the submission's folder, talks
+  to nbgrader over Unix sockets (it has no network), and cannot see the course, the other submissions or the
+  gradebook. Its check cells print one line and check nothing (``DDPM_JUDGED``): they are scored below.
+* :class:`JudgeChecks`, after the notebook ran, replaces the outputs of every check cell with the verdict of the
+  judge (:func:`tests.judge.judge_notebook`), computed outside the kernel. nbgrader then scores each cell, as
+  always, by whether its outputs hold an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.manager import AsyncKernelManager
+from nbformat.v4 import new_output
+from nbgrader.preprocessors import NbGraderPreprocessor
+from traitlets import Integer
+
+from tests.judge import judge_notebook, sandbox
+
+#: the environment variable that tells the lessons' check cells that the judge scores them
+JUDGED_ENV = "DDPM_JUDGED"
+
+
+class SandboxedKernelManager(AsyncKernelManager):
+    """A kernel started inside the sandbox, reached through Unix sockets in a private folder."""
+
+    processes = Integer(sandbox.Limits.processes, help="processes and threads the kernel may run").tag(config=True)
+
+    async def _async_pre_start_kernel(self, **kw: Any) -> Any:
+        self._sandbox_dir = Path(tempfile.mkdtemp(prefix="ddpm-kernel-"))
+        self.transport = "ipc"
+        self.ip = str(self._sandbox_dir / "kernel")
+        self.connection_file = str(self._sandbox_dir / "connection.json")
+        return await super()._async_pre_start_kernel(**kw)
+
+    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+        import ddpm_ref
+
+        cwd = Path(kw.get("cwd") or os.getcwd()).resolve()
+        scratch = self._sandbox_dir / "work"
+        shutil.copytree(cwd, scratch, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+        env = {k: v for k, v in (kw.get("env") or {}).items()
+               if k in ("NBGRADER_EXECUTION", "DDPM_FAST", "JPY_SESSION_NAME") or k.startswith("PYDEVD")}
+        env.update({JUDGED_ENV: "1", "OMP_NUM_THREADS": str(min(4, os.cpu_count() or 1))})
+        package = Path(ddpm_ref.__file__).resolve().parent
+        kw["cwd"] = str(self._sandbox_dir)
+        limits = sandbox.Limits(processes=self.processes)
+        cmd = sandbox.command(kernel_cmd, cwd=cwd, binds=[(package, package)],
+                              rw_binds=[(self._sandbox_dir, self._sandbox_dir), (scratch, cwd)], env=env,
+                              limits=limits)
+        await super()._async_launch_kernel(cmd, **kw)
+        self._cap = sandbox.ProcessCap(self.provisioner.process.pid, limits.processes)
+
+    async def _async_cleanup_resources(self, restart: bool = False) -> None:
+        await super()._async_cleanup_resources(restart=restart)
+        if getattr(self, "_cap", None) is not None:
+            self._cap.close()
+        if not restart and getattr(self, "_sandbox_dir", None) is not None:
+            shutil.rmtree(self._sandbox_dir, ignore_errors=True)
+
+
+class JudgeChecks(NbGraderPreprocessor):
+    """Scores every check cell from the judge's verdict: its printed lines, and an error when a check failed."""
+
+    def preprocess(self, nb: Any, resources: dict) -> tuple[Any, dict]:
+        folder = Path(resources.get("metadata", {}).get("path") or ".")
+        name = resources.get("unique_key", "notebook")
+        start = time.perf_counter()
+        verdicts = judge_notebook(nb, folder, name=str(name).replace("/", "_"))
+        self.log.info("judged %d check cells in %.1f s", len(verdicts), time.perf_counter() - start)
+        for cell in nb.cells:
+            grade_id = (cell.get("metadata", {}).get("nbgrader") or {}).get("grade_id")
+            if grade_id not in verdicts:
+                continue
+            verdict = verdicts[grade_id]
+            cell.outputs = [new_output("stream", name="stdout", text=verdict.text)]
+            if not verdict.passed:
+                cell.outputs.append(new_output("error", ename="CheckFailed", evalue=verdict.error,
+                                               traceback=[f"CheckFailed: {verdict.error}"]))
+        return nb, resources
+
+
+def prepare() -> None:
+    """Refuse to grade without a sandbox (one line; ``DDPM_GRADE_UNSANDBOXED=1`` overrides)."""
+    with contextlib.suppress(Exception):
+        import torch  # noqa: F401 (imported once here, not during the first judged cell)
+    sandbox.require()
