@@ -45,6 +45,9 @@ class Mistake:
     description: str
     source: str
     feedback: str
+    #: cheats only: the phrase the notebook's own check cell shows on a student's machine (no judge there), or
+    #: None for a cheat that is graded only through the judge (it ends or hooks the process that runs it)
+    local_feedback: str | None = ""
 
 
 @dataclass(frozen=True)
@@ -1034,12 +1037,13 @@ sys.path.insert(0, str(course_root()))
 """
 
 
-def _cheat(name: str, exercise: str, description: str, source: str, feedback: str) -> Mistake:
+def _cheat(name: str, exercise: str, description: str, source: str, feedback: str,
+           local_feedback: str | None = "") -> Mistake:
     from tests.harness import REGISTRY, check_name, load_all_checks
 
     load_all_checks()
     return Mistake(name, exercise, tuple(check_name(f) for f in REGISTRY[exercise]), description,
-                   _src(source), feedback)
+                   _src(source), feedback, feedback if local_feedback == "" else local_feedback)
 
 
 def _stub(signature: str) -> str:
@@ -1049,6 +1053,8 @@ def _stub(signature: str) -> str:
 _IS_REF = "is the reference"
 _CALLS_REF = "calls the reference"
 _TAMPERED = "replaced part of the grader"
+#: what the judge shows for an exercise left as the stub
+_STUB = "replace `raise NotImplementedError()` with your code"
 
 CHEATS: list[Mistake] = [
     _cheat("cheat_import", "q_sample", "imports the reference as the answer",
@@ -1118,21 +1124,176 @@ CHEATS: list[Mistake] = [
            """, _CALLS_REF),
     _cheat("cheat_runner_rebound", "linear_beta_schedule", "leaves the stub and rebinds run_checks to do nothing",
            _stub("linear_beta_schedule(T, beta_start=1e-4, beta_end=2e-2)")
-           + "\n\nrun_checks = lambda *args, **kwargs: None", "NotImplementedError"),
+           + "\n\nrun_checks = lambda *args, **kwargs: None", _STUB, "NotImplementedError"),
     _cheat("cheat_runner_patched", "cosine_beta_schedule", "leaves the stub and patches ddpm_ref.course.run_checks",
            _stub("cosine_beta_schedule(T, s=0.008, max_beta=0.999)")
-           + "\n\nimport ddpm_ref.course\nddpm_ref.course.run_checks = lambda *args, **kwargs: None", _TAMPERED),
+           + "\n\nimport ddpm_ref.course\nddpm_ref.course.run_checks = lambda *args, **kwargs: None", _STUB, _TAMPERED),
     _cheat("cheat_harness_patched", "SinusoidalTimeEmbedding", "leaves the stub and patches tests.harness.run_checks",
            "import torch.nn as nn\n\n\nclass SinusoidalTimeEmbedding(nn.Module):\n"
            "    def __init__(self, dim):\n        super().__init__()\n\n"
            "    def forward(self, t):\n        raise NotImplementedError()\n" + _GRADER_ON_PATH
-           + "import tests.harness\ntests.harness.run_checks = lambda *args, **kwargs: None", _TAMPERED),
+           + "import tests.harness\ntests.harness.run_checks = lambda *args, **kwargs: None", _STUB, _TAMPERED),
     _cheat("cheat_asserts_replaced", "ssim", "a wrong answer, with the checks' assertion helpers replaced",
            "def ssim(x, y):\n    return 0.5\n" + _GRADER_ON_PATH
            + "import tests._asserts as checks\nfor _name in [n for n in dir(checks) if n.startswith('expect')]:\n"
-           "    setattr(checks, _name, lambda *args, **kwargs: None)", _TAMPERED),
+           "    setattr(checks, _name, lambda *args, **kwargs: None)", "got 0.5", _TAMPERED),
 ]
 
+
+# Cheats aimed at the grader's process itself: graded through the judge only (they end, hook or patch the process
+# they run in, so the in-process proof cannot host them). Each leaves the exercise unsolved or wrong, or reaches
+# the reference by a route the in-process tripwires could not see; none may earn a point.
+CHEATS += [
+    _cheat("cheat_exec_wrapper", "q_sample", "a wrapper around the reference defined through exec",
+           """
+           exec("import ddpm_ref\\ndef q_sample(x0, t, noise, schedule):\\n"
+                "    return ddpm_ref.diffusion.q_sample(x0, t, noise, schedule)\\n")
+           """, _CALLS_REF, None),
+    _cheat("cheat_compiled_as_library", "predict_x0", "a wrapper compiled under the reference's own file name",
+           """
+           import ddpm_ref
+           _src = "def predict_x0(x_t, t, eps, schedule):\\n    return ddpm_ref.predict_x0(x_t, t, eps, schedule)\\n"
+           exec(compile(_src, ddpm_ref.__file__, "exec"), globals())
+           """, _CALLS_REF, None),
+    _cheat("cheat_rebuilt_code_object", "p_sample", "the reference's code object rebuilt into a new function",
+           """
+           import types
+           import ddpm_ref.samplers as _s
+           _f = _s.p_sample
+           p_sample = types.FunctionType(_f.__code__, _f.__globals__, "p_sample", _f.__defaults__, _f.__closure__)
+           p_sample.__kwdefaults__ = _f.__kwdefaults__
+           """, _CALLS_REF, None),
+    _cheat("cheat_reference_in_a_thread", "sample", "calls the reference from another thread and hides the error",
+           """
+           import threading
+           import ddpm_ref
+
+
+           def sample(model, schedule, shape, *, generator=None, device=None, return_intermediates=False,
+                      progress=True):
+               box = []
+
+               def work():
+                   try:
+                       box.append(ddpm_ref.sample(model, schedule, shape, generator=generator, progress=False))
+                   except BaseException:
+                       box.append(torch.zeros(shape))
+
+               worker = threading.Thread(target=work)
+               worker.start()
+               worker.join()
+               return box[0]
+           """, _CALLS_REF, None),
+    _cheat("cheat_reference_in_a_subprocess", "reconstruct", "runs the reference in a child Python process",
+           """
+           import subprocess
+           import sys
+           import tempfile
+
+
+           def reconstruct(model, x0, t_start, schedule, **kwargs):
+               with tempfile.TemporaryDirectory() as d:
+                   torch.save({"model": model, "x0": x0, "t": t_start, "s": schedule}, f"{d}/in.pt")
+                   code = ("import torch, ddpm_ref; a = torch.load(r'%s/in.pt', weights_only=False); "
+                           "torch.save(ddpm_ref.reconstruct(a['model'], a['x0'], a['t'], a['s']), r'%s/out.pt')")
+                   subprocess.run([sys.executable, "-c", code % (d, d)], check=True, capture_output=True)
+                   return torch.load(f"{d}/out.pt")
+           """, "non-zero exit status", None),
+    _cheat("cheat_input_transformer", "linear_beta_schedule",
+           "leaves the stub and blanks every later cell that mentions run_checks (IPython input transformer)",
+           _stub("linear_beta_schedule(T, beta_start=1e-4, beta_end=2e-2)") + "\n" + _src("""
+           get_ipython().input_transformers_post.append(
+               lambda lines: [] if any("run_checks" in line for line in lines) else lines)
+           """), _STUB, None),
+    _cheat("cheat_ast_transformer", "cosine_beta_schedule",
+           "leaves the stub and removes run_checks calls from later cells (IPython AST transformer)",
+           _stub("cosine_beta_schedule(T, s=0.008, max_beta=0.999)") + "\n" + _src("""
+           import ast
+
+
+           class _NoChecks(ast.NodeTransformer):
+               def visit_Expr(self, node):
+                   return None if "run_checks" in ast.unparse(node) else node
+
+
+           get_ipython().ast_transformers.append(_NoChecks())
+           """), _STUB, None),
+    _cheat("cheat_patched_torch", "NoiseSchedule",
+           "leaves the stub, with the torch comparisons the checks use patched to agree",
+           "class NoiseSchedule:\n    def __init__(self, betas):\n        raise NotImplementedError()\n"
+           + "\n" + _src("""
+           torch.allclose = lambda *args, **kwargs: True
+           torch.equal = lambda *args, **kwargs: True
+           torch.testing.assert_close = lambda *args, **kwargs: None
+           torch.Tensor.__ne__ = lambda self, other: torch.zeros_like(self, dtype=torch.bool)
+           """), _STUB, None),
+    _cheat("cheat_printed_output", "q_posterior", "leaves the stub and prints what passing checks print",
+           _stub("q_posterior(x0, x_t, t, schedule)") + "\n" + _src("""
+           import sys
+           sys.stdout.write("  ✓ q_posterior_mean  (0.0 s)\\n  ✓ q_posterior_variance  (0.0 s)\\n"
+                            "q_posterior: 2 passed, 0 failed\\n")
+           """), _STUB, None),
+    _cheat("cheat_swallows_errors", "ddpm_loss",
+           "leaves the stub and makes the kernel swallow every later error (custom exception handler)",
+           _stub("ddpm_loss(model, x0, schedule, *, t=None, noise=None, generator=None)") + "\n" + _src("""
+           import sys
+           get_ipython().set_custom_exc((BaseException,), lambda shell, etype, value, tb, tb_offset=None: None)
+           sys.excepthook = lambda *args: None
+           """), _STUB, None),
+    _cheat("cheat_frame_inspection", "psnr", "returns the expected value found in the calling check's frames",
+           """
+           import sys
+
+
+           def psnr(x, y):
+               frame = sys._getframe(1)
+               while frame is not None:
+                   for name in ("expected", "want", "reference"):
+                       if name in frame.f_locals:
+                           return frame.f_locals[name]
+                   frame = frame.f_back
+               return 0.0
+           """, "got 0", None),
+    _cheat("cheat_exit", "ssim", "ends the process that grades it (os._exit) before any comparison",
+           """
+           import os
+
+
+           def ssim(x, y):
+               os._exit(0)
+           """, "does your code call exit()", None),
+    _cheat("cheat_signal", "ddim_step", "sends SIGTERM to its whole process group (the grader, it hopes)",
+           """
+           import os
+           import signal
+
+
+           def ddim_step(model, x_t, t, t_prev, schedule, *, eta=0.0, clip_x0=True, generator=None, noise=None):
+               os.killpg(0, signal.SIGTERM)
+           """, "stopped by signal 15", None),
+    _cheat("cheat_rewrites_the_checks", "drop_labels",
+           "leaves the stub and rewrites the course's checks and ddpm_ref on disk",
+           _stub("drop_labels(labels, p_uncond, null_label, *, generator=None)") + "\n" + _src("""
+           import pathlib
+           import ddpm_ref
+           for _path in [pathlib.Path(ddpm_ref.__file__).parent.parent / "tests" / "harness.py",
+                         pathlib.Path(ddpm_ref.__file__)]:
+               try:
+                   with open(_path, "a") as _f:
+                       _f.write("\\ndef run_checks(*args, **kwargs):\\n    return {}\\n")
+               except OSError as _e:
+                   print("refused:", _e)
+           """), _STUB, None),
+    _cheat("cheat_reference_source", "guided_eps", "leaves the stub and executes the reference's source text",
+           _stub("guided_eps(model, x_t, t, labels, w, *, null_label=None)") + "\n" + _src("""
+           import ast
+           import inspect
+           import ddpm_ref.guidance
+           _tree = ast.parse(inspect.getsource(ddpm_ref.guidance))
+           _node = next(n for n in _tree.body if getattr(n, "name", None) == "guided_eps")
+           exec(compile(ast.Module([_node], []), "<my guided_eps>", "exec"), globals())
+           """), _STUB, None),
+]
 
 # ------------------------------------------------------------------------------------------------ lesson 8: guidance
 # Templates: the lesson's solutions, written as a student would; each mistake is one edit of one of them.

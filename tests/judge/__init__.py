@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests import harness
+from tests import harness, integrity
 from tests.judge import remote, sandbox
-from tests.notebook_impl import _skip_reason, _strip_magics, _top_level_names
+from tests.notebook_impl import _strip_magics, _top_level_names
 
 __all__ = ["CheckCell", "Verdict", "check_cells", "grade_exercise", "judge_notebook"]
 
@@ -84,15 +84,16 @@ def check_cells(nb: Any) -> list[CheckCell]:
 def student_cells(nb: Any, before: int, exercise: str,
                   name: str = "notebook") -> list[tuple[str, str, tuple[str, ...]]]:
     """The code cells above cell ``before`` as the student's process for ``exercise`` runs them: (file name,
-    source, names the cell defines), magics dropped. Left out: check cells, nbgrader's grade cells, cells tagged
-    ``heavy``, and the answer cells of the other exercises (their names point at the reference while
+    source, names the cell defines), magics dropped. Left out: nbgrader's grade cells, cells tagged ``heavy``
+    (unless it is the exercise's own), and the answer cells of the other exercises (their names point at the reference while
     ``exercise`` is graded, and nothing written there can reach this exercise's grade)."""
     cells = []
     for index, cell in enumerate(nb.cells[:before]):
         meta = cell.get("metadata", {}).get("nbgrader") or {}
-        if cell.get("cell_type") != "code" or _skip_reason(cell):
+        own = meta.get("solution") and meta.get("grade_id") == exercise
+        if cell.get("cell_type") != "code" or meta.get("grade") or (meta.get("solution") and not own):
             continue
-        if meta.get("solution") and meta.get("grade_id") != exercise:
+        if not own and "heavy" in (cell.get("metadata", {}).get("tags") or []):
             continue
         source = _strip_magics(cell.get("source", ""))
         if not source or not source.strip():
@@ -160,10 +161,9 @@ class _Definition:
         found = proc.request("lookup", self._session.exercise)
         if not found.get("found"):
             raise harness.MissingDefinition(self._session.exercise)
-        if found.get("withheld") is not None:
-            from tests import integrity
-
-            raise integrity.ReferenceUsed(integrity.message(self._session.exercise, "is"))
+        for key, how in (("withheld", "is"), ("subclasses", "subclasses")):
+            if found.get(key) is not None:
+                raise integrity.ReferenceUsed(integrity.message(self._session.exercise, how))
         return proc.wrap(found.get("value"))
 
     def _resolve(self) -> Any:
@@ -217,7 +217,7 @@ def _grade(session: _Session, hidden: tuple[bool, ...]) -> dict[bool, Verdict]:
 
 
 def grade_exercise(nb: Any, folder: Path | None, exercise: str, *, before: int | None = None,
-                   hidden: tuple[bool, ...] = (False, True), limits: sandbox.Limits = sandbox.Limits(),
+                   hidden: tuple[bool, ...] = (False, True), limits: sandbox.Limits = sandbox.DEFAULT_LIMITS,
                    name: str = "notebook") -> dict[bool, Verdict]:
     """Run the visible and/or hidden checks of ``exercise`` on the notebook's code above cell ``before``."""
     sandbox.require()
@@ -227,7 +227,7 @@ def grade_exercise(nb: Any, folder: Path | None, exercise: str, *, before: int |
         return _grade(session, hidden)
 
 
-def judge_notebook(nb: Any, folder: Path | None, *, limits: sandbox.Limits = sandbox.Limits(),
+def judge_notebook(nb: Any, folder: Path | None, *, limits: sandbox.Limits = sandbox.DEFAULT_LIMITS,
                    name: str = "notebook") -> dict[str, Verdict]:
     """Every check cell of ``nb``: {grade_id: Verdict}. ``folder`` holds the files the notebook reads."""
     sandbox.require()

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from tests import integrity
-from tests.harness import EXERCISES, Impl
+from tests.harness import EXERCISES
 from tests.judge import protocol, sandbox, withhold
 
 HERE = Path(__file__).resolve().parent
@@ -157,7 +157,7 @@ def apply_state(obj: Any, state: Any) -> None:
 def apply_states(objects: list[Any], states: Any) -> None:
     if type(states) is not list or len(states) != len(objects):
         raise StudentProcessError("the grading process sent back a state that does not match the call's arguments")
-    for obj, state in zip(objects, states):
+    for obj, state in zip(objects, states, strict=True):
         try:
             apply_state(obj, state)
         except Exception as e:
@@ -172,7 +172,7 @@ class StudentProcess:
     """One sandboxed ``runtime.py`` with one notebook's cells loaded and ``exercise``'s reference withheld."""
 
     def __init__(self, exercise: str, cells: list[tuple[str, str, tuple[str, ...]]], folder: Path | None, *,
-                 budget: float = 240.0, limits: sandbox.Limits = sandbox.Limits()) -> None:
+                 budget: float = 240.0, limits: sandbox.Limits = sandbox.DEFAULT_LIMITS) -> None:
         import ddpm_ref
 
         self.exercise, self.deadline = exercise, time.monotonic() + budget
@@ -215,7 +215,7 @@ class StudentProcess:
     def _finish_loading(self) -> None:
         if self._loading:
             self._loading = False
-            errors = self._receive().get("errors")
+            errors = self._receive(attempts=False).get("errors")  # a lesson cell may show the reference at work
             self._load_errors = {str(k): str(v) for k, v in errors.items()} if type(errors) is dict else {}
 
     # -------------------------------------------------------------------------------------------- transport
@@ -247,7 +247,7 @@ class StudentProcess:
         except OSError:
             raise self._fail(self._death()) from None
 
-    def _receive(self) -> Any:
+    def _receive(self, attempts: bool = True) -> Any:
         if self.dead is not None:
             raise StudentProcessError(self.dead)
         try:
@@ -263,6 +263,9 @@ class StudentProcess:
             raise
         if type(reply) is not dict:
             raise self._fail(f"the grading process of your `{self.exercise}` sent a malformed reply")
+        tried = reply.get("withheld") if attempts else None
+        if type(tried) is list and set(map(str, tried)) & {self.exercise, *withhold.ROUTES.get(self.exercise, ())}:
+            raise integrity.ReferenceUsed(integrity.message(self.exercise, "calls"))
         if "err" in reply:
             raise self._error(reply["err"])
         return reply

@@ -51,6 +51,9 @@ class Limits:
     processes: int = 64  # threads count too (torch starts some)
 
 
+DEFAULT_LIMITS = Limits()
+
+
 def unsandboxed_allowed() -> bool:
     return os.environ.get(UNSANDBOXED_ENV, "").strip().lower() in ("1", "true", "yes")
 
@@ -94,9 +97,10 @@ def _python_roots() -> list[Path]:
 
 def command(cmd: Sequence[str], *, cwd: Path, binds: Sequence[tuple[Path, Path]] = (),
             rw_binds: Sequence[tuple[Path, Path]] = (), env: dict[str, str] | None = None,
-            limits: Limits = Limits(), share_net: bool = False) -> list[str]:
+            limits: Limits | None = None, share_net: bool = False) -> list[str]:
     """``cmd`` wrapped in ``prlimit`` and ``bwrap`` (or only ``prlimit`` when unsandboxed grading was allowed)."""
     exe = require()
+    limits = limits or DEFAULT_LIMITS
     rl = [shutil.which("prlimit") or "prlimit", f"--as={limits.memory_bytes}", f"--cpu={limits.cpu_seconds}",
           f"--fsize={limits.file_bytes}", f"--nofile={limits.open_files}", "--core=0", "--"]
     if exe is None:
