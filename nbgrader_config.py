@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from nbclient.exceptions import DeadKernelError
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
 from nbformat.v4 import new_output
 from nbgrader.preprocessors import (
@@ -94,10 +94,17 @@ class CourseExecute(Execute):
             return cell, resources
         try:
             return super().preprocess_cell(cell, resources, index)
-        except DeadKernelError:
-            self._dead = "not run: the kernel died in an earlier cell (an exit call, or out of memory?)"
-            cell.outputs.append(new_output("error", ename="DeadKernelError", evalue="the kernel died in this cell",
-                                           traceback=["DeadKernelError: the kernel died in this cell"]))
+        except (DeadKernelError, CellTimeoutError) as e:
+            if isinstance(e, CellTimeoutError):  # the interrupt did not stop it: end the kernel, keep grading
+                kill = getattr(self.km, "kill_tree", None)
+                if kill is not None:
+                    kill()
+                what = "ran past its time and ignored the interrupt, so the kernel was stopped"
+            else:
+                what = "ended the kernel (an exit call, a signal, or out of memory?)"
+            self._dead = f"not run: an earlier cell {what}"
+            cell.outputs.append(new_output("error", ename=type(e).__name__, evalue=f"this cell {what}",
+                                           traceback=[f"{type(e).__name__}: this cell {what}"]))
             return cell, resources
 
 

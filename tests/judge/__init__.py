@@ -27,7 +27,9 @@ from tests.notebook_impl import _strip_magics, _top_level_names
 __all__ = ["CheckCell", "Verdict", "check_cells", "grade_exercise", "judge_notebook"]
 
 #: seconds the checks of one exercise (visible and hidden) may take in all, the student's process included
-EXERCISE_BUDGET_S = 240.0
+EXERCISE_BUDGET_S = 150.0
+#: seconds the notebook's cells may take to run in the student's process before the checks start
+LOAD_BUDGET_S = 60.0
 #: how often a student's process that died or hung is started again for the exercise's remaining checks
 RESTARTS = 2
 
@@ -85,8 +87,8 @@ def student_cells(nb: Any, before: int, exercise: str,
                   name: str = "notebook") -> list[tuple[str, str, tuple[str, ...]]]:
     """The code cells above cell ``before`` as the student's process for ``exercise`` runs them: (file name,
     source, names the cell defines), magics dropped. Left out: nbgrader's grade cells, cells tagged ``heavy``
-    (unless it is the exercise's own), and the answer cells of the other exercises (their names point at the reference while
-    ``exercise`` is graded, and nothing written there can reach this exercise's grade)."""
+    (unless it is the exercise's own), and the answer cells of the other exercises (their names point at the
+    reference while ``exercise`` is graded, and nothing written there can reach this exercise's grade)."""
     cells = []
     for index, cell in enumerate(nb.cells[:before]):
         meta = cell.get("metadata", {}).get("nbgrader") or {}
@@ -114,7 +116,7 @@ class _Session:
 
     def __init__(self, exercise: str, cells: list, folder: Path | None, limits: sandbox.Limits) -> None:
         self.exercise, self.cells, self.folder, self.limits = exercise, cells, folder, limits
-        self.deadline = time.monotonic() + EXERCISE_BUDGET_S
+        self.deadline = float("inf")  # set by begin()
         self.restarts = 0
         self.proc: remote.StudentProcess | None = None
         self.last_error = ""
@@ -124,14 +126,22 @@ class _Session:
             return self.proc
         if self.proc is not None:
             self.last_error = self.proc.dead or ""
-            if self.restarts >= RESTARTS:
+            if self.restarts >= RESTARTS or not self.proc.loaded:  # cells that hang or crash would do it again
                 raise remote.StudentProcessError(self.last_error)
             self.restarts += 1
         left = self.deadline - time.monotonic()
         if left <= 1:
             raise remote.StudentProcessError(self.last_error or f"`{self.exercise}` used up its grading time")
-        self.proc = remote.StudentProcess(self.exercise, self.cells, self.folder, budget=left, limits=self.limits)
+        self.proc = remote.StudentProcess(self.exercise, self.cells, self.folder, load_budget=min(LOAD_BUDGET_S, left),
+                                          limits=self.limits)
+        self.proc.deadline = self.deadline
         return self.proc
+
+    def begin(self) -> None:
+        """The exercise's checks start now: its time budget starts too."""
+        self.deadline = time.monotonic() + EXERCISE_BUDGET_S
+        if self.proc is not None:
+            self.proc.deadline = self.deadline
 
     def started(self) -> _Session:
         with contextlib.suppress(remote.StudentProcessError):
@@ -185,6 +195,7 @@ class _Definition:
 def _impl(session: _Session) -> harness.Impl:
     """The checks' ``impl``: the exercise's name bound to the student's definition, if the notebook has one."""
     exercise = session.exercise
+    session.begin()
     try:
         proc = session.current()
         defined, why = proc.request("lookup", exercise).get("found"), proc.load_errors

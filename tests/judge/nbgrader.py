@@ -62,6 +62,20 @@ class SandboxedKernelManager(AsyncKernelManager):
         await super()._async_launch_kernel(cmd, **kw)
         self._cap = sandbox.ProcessCap(self.provisioner.process.pid, limits.processes)
 
+    async def _async_interrupt_kernel(self) -> None:
+        """Interrupt by message (the kernel signals itself): a signal from outside does not reach into the
+        sandbox's process tree."""
+        if self.kernel_spec is not None:
+            self.kernel_spec.interrupt_mode = "message"
+        await super()._async_interrupt_kernel()
+
+    def kill_tree(self) -> None:
+        """End the sandbox and everything in it at once (a kernel that ignores interrupts)."""
+        process = getattr(self.provisioner, "process", None)
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(os.getpgid(process.pid), 9)
+
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
         await super()._async_cleanup_resources(restart=restart)
         if getattr(self, "_cap", None) is not None:

@@ -172,10 +172,12 @@ class StudentProcess:
     """One sandboxed ``runtime.py`` with one notebook's cells loaded and ``exercise``'s reference withheld."""
 
     def __init__(self, exercise: str, cells: list[tuple[str, str, tuple[str, ...]]], folder: Path | None, *,
-                 budget: float = 240.0, limits: sandbox.Limits = sandbox.DEFAULT_LIMITS) -> None:
+                 load_budget: float = 60.0, limits: sandbox.Limits = sandbox.DEFAULT_LIMITS) -> None:
         import ddpm_ref
 
-        self.exercise, self.deadline = exercise, time.monotonic() + budget
+        self.exercise = exercise
+        self.load_deadline = time.monotonic() + load_budget  # for running the notebook's cells
+        self.deadline = float("inf")  # for answering the checks: set when the exercise's grading begins
         self.tmp = Path(tempfile.mkdtemp(prefix="ddpm-judge-"))
         package = Path(ddpm_ref.__file__).resolve().parent
         withhold.build(exercise, package, self.tmp / "ddpm_ref")
@@ -203,6 +205,8 @@ class StudentProcess:
         self.dead: str | None = None
         self.calls: dict[int, list[Any]] = {}
         self._loading = True  # the cells load while the judge does other work; the first request waits for them
+        self._loading_reply = False
+        self.loaded = False  # the notebook's cells ran (a process that dies later may be started again)
         self._send("load", {"cells": cells, "cwd": str(WORK), "others": [x for x in EXERCISES if x != exercise]})
         self._load_errors: dict[str, str] = {}
 
@@ -214,8 +218,12 @@ class StudentProcess:
 
     def _finish_loading(self) -> None:
         if self._loading:
-            self._loading = False
-            errors = self._receive(attempts=False).get("errors")  # a lesson cell may show the reference at work
+            self._loading, self._loading_reply = False, True
+            try:
+                errors = self._receive(attempts=False).get("errors")
+            finally:
+                self._loading_reply = False
+            self.loaded = True  # a lesson cell may show the reference at work
             self._load_errors = {str(k): str(v) for k, v in errors.items()} if type(errors) is dict else {}
 
     # -------------------------------------------------------------------------------------------- transport
@@ -226,12 +234,16 @@ class StudentProcess:
         return StudentProcessError(why)
 
     def _read(self) -> bytes:
-        left = self.deadline - time.monotonic()
+        loading = self._loading_reply
+        left = min(self.load_deadline if loading else float("inf"), self.deadline) - time.monotonic()
+        why = (f"the notebook's cells took longer than their time to load for `{self.exercise}`: is there an "
+               "endless loop in a cell?" if loading else
+               f"your `{self.exercise}` used up its grading time: is there an endless loop?")
         if left <= 0:
-            raise self._fail(f"your `{self.exercise}` used up its grading time: is there an endless loop?")
+            raise self._fail(why)
         ready, _, _ = select.select([self._rfd], [], [], left)
         if not ready:
-            raise self._fail(f"your `{self.exercise}` used up its grading time: is there an endless loop?")
+            raise self._fail(why)
         return protocol.read_frame(self._rfd)
 
     def request(self, op: str, *args: Any) -> Any:
