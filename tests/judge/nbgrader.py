@@ -59,8 +59,9 @@ class SandboxedKernelManager(AsyncKernelManager):
         cmd = sandbox.command(kernel_cmd, cwd=cwd, binds=[(package, package)],
                               rw_binds=[(self._sandbox_dir, self._sandbox_dir), (scratch, cwd)], env=env,
                               limits=limits)
-        await super()._async_launch_kernel(cmd, **kw)
-        self._cap = sandbox.ProcessCap(self.provisioner.process.pid, limits.processes)
+        self._cap = sandbox.ProcessCap(limits.processes)
+        await super()._async_launch_kernel(self._cap.wrap(cmd), **kw)
+        self._cap.watch(self.provisioner.process.pid)
 
     async def _async_interrupt_kernel(self) -> None:
         """Interrupt by message (the kernel signals itself): a signal from outside does not reach into the

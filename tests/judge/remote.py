@@ -197,11 +197,12 @@ class StudentProcess:
             rw_binds=[(work, WORK)], limits=limits,
             env={"DDPM_FAST": "1", "NBGRADER_EXECUTION": "autograde", "DDPM_JUDGE_THREADS": "1",
                  "OMP_NUM_THREADS": "1", "PYTHONPATH": str(GRADER)})
-        self.proc = subprocess.Popen(cmd, pass_fds=(to_child, from_child), stdin=subprocess.DEVNULL,
+        self.cap = sandbox.ProcessCap(limits.processes)
+        self.proc = subprocess.Popen(self.cap.wrap(cmd), pass_fds=(to_child, from_child), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.cap.watch(self.proc.pid)
         os.close(to_child)
         os.close(from_child)
-        self.cap = sandbox.ProcessCap(self.proc.pid, limits.processes)
         self.dead: str | None = None
         self.calls: dict[int, list[Any]] = {}
         self._loading = True  # the cells load while the judge does other work; the first request waits for them

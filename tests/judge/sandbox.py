@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,18 +137,29 @@ def command(cmd: Sequence[str], *, cwd: Path, binds: Sequence[tuple[Path, Path]]
 
 
 class ProcessCap:
-    """Keeps a sandbox's process tree (threads included) under ``limit``: a ``pids`` cgroup where one can be made,
-    else a watchdog thread that kills the tree's root when it grows past the limit (``tripped`` says so)."""
+    """Keeps a sandbox's process tree (threads included) under ``limit``: a ``pids`` cgroup where this machine lets
+    us make one (the command joins it before it starts: :meth:`wrap`), else a watchdog thread that kills the tree's
+    root when it grows past the limit (:meth:`watch`; ``tripped`` then says so)."""
 
-    def __init__(self, pid: int, limit: int) -> None:
-        self.pid, self.limit, self.tripped = pid, limit, False
-        self.cgroup = self._cgroup(pid, limit)
+    def __init__(self, limit: int) -> None:
+        self.limit, self.tripped, self.pid = limit, False, None
+        self.cgroup = self._cgroup(None, limit)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
+
+    def wrap(self, cmd: Sequence[str]) -> list[str]:
+        """``cmd`` started inside the cgroup (a shell that joins it, then becomes ``cmd``)."""
+        if self.cgroup is None:
+            return list(cmd)
+        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.cgroup / "cgroup.procs"), *cmd]
+
+    def watch(self, pid: int) -> None:
+        """Start watching the tree under ``pid`` (the process :meth:`wrap`'s command became)."""
+        self.pid = pid
+        threading.Thread(target=self._watch, daemon=True).start()
 
     @staticmethod
-    def _cgroup(pid: int, limit: int) -> Path | None:
+    def _cgroup(pid: int | None, limit: int) -> Path | None:
+        """A new ``pids`` cgroup holding ``pid`` (None: an empty one), or None where none can be made."""
         for base in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
             if not (base / "cgroup.procs").exists() or not os.access(base, os.W_OK):
                 continue
@@ -156,7 +167,8 @@ class ProcessCap:
             try:
                 group.mkdir()
                 (group / "pids.max").write_text(str(limit))
-                (group / "cgroup.procs").write_text(str(pid))
+                if pid is not None:
+                    (group / "cgroup.procs").write_text(str(pid))
                 return group
             except OSError:
                 with contextlib.suppress(OSError):
@@ -168,8 +180,9 @@ class ProcessCap:
         while todo and total <= self.limit:
             pid = todo.pop()
             try:
-                total += len(os.listdir(f"/proc/{pid}/task"))
-                for tid in os.listdir(f"/proc/{pid}/task"):
+                tasks = os.listdir(f"/proc/{pid}/task")
+                total += len(tasks)
+                for tid in tasks:
                     todo += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
             except (OSError, ValueError):
                 continue
@@ -177,15 +190,15 @@ class ProcessCap:
 
     def _watch(self) -> None:
         while not self._stop.wait(0.1):
-            if self.cgroup is None and self._count() > self.limit:
+            if self.cgroup is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    if int((self.cgroup / "pids.events").read_text().split()[-1]) > 0:
+                        self.tripped = True
+            elif self._count() > self.limit:
                 self.tripped = True
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid, signal.SIGKILL)
                 return
-            if self.cgroup is not None and (self.cgroup / "pids.events").exists():
-                with contextlib.suppress(OSError, ValueError):
-                    if int((self.cgroup / "pids.events").read_text().split()[-1]) > 0:
-                        self.tripped = True
 
     def close(self) -> None:
         self._stop.set()
@@ -197,14 +210,15 @@ class ProcessCap:
                 except OSError:
                     with contextlib.suppress(OSError, ValueError):
                         for pid in (self.cgroup / "cgroup.procs").read_text().split():
-                            os.kill(int(pid), signal.SIGKILL)
+                            if int(pid) != os.getpid():
+                                os.kill(int(pid), signal.SIGKILL)
                     time.sleep(0.05)
 
 
-@contextlib.contextmanager
-def capped(proc: subprocess.Popen, limit: int) -> Iterator[ProcessCap]:
-    cap = ProcessCap(proc.pid, limit)
-    try:
-        yield cap
-    finally:
-        cap.close()
+def cgroup_available() -> bool:
+    """Whether this machine lets the grader make ``pids`` cgroups (else the watchdog keeps the limit)."""
+    group = ProcessCap._cgroup(None, 1)
+    if group is None:
+        return False
+    group.rmdir()
+    return True
