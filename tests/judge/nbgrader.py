@@ -36,6 +36,7 @@ class SandboxedKernelManager(AsyncKernelManager):
     """A kernel started inside the sandbox, reached through Unix sockets in a private folder."""
 
     processes = Integer(sandbox.Limits.processes, help="processes and threads the kernel may run").tag(config=True)
+    memory_bytes = Integer(sandbox.Limits.memory_bytes, help="address space of each process").tag(config=True)
 
     async def _async_pre_start_kernel(self, **kw: Any) -> Any:
         self._sandbox_dir = Path(tempfile.mkdtemp(prefix="ddpm-kernel-"))
@@ -55,7 +56,7 @@ class SandboxedKernelManager(AsyncKernelManager):
         env.update({JUDGED_ENV: "1", "OMP_NUM_THREADS": str(min(4, os.cpu_count() or 1))})
         package = Path(ddpm_ref.__file__).resolve().parent
         kw["cwd"] = str(self._sandbox_dir)
-        limits = sandbox.Limits(processes=self.processes)
+        limits = sandbox.Limits(processes=self.processes, memory_bytes=self.memory_bytes)
         cmd = sandbox.command(kernel_cmd, cwd=cwd, binds=[(package, package)],
                               rw_binds=[(self._sandbox_dir, self._sandbox_dir), (scratch, cwd)], env=env,
                               limits=limits)
@@ -88,11 +89,14 @@ class SandboxedKernelManager(AsyncKernelManager):
 class JudgeChecks(NbGraderPreprocessor):
     """Scores every check cell from the judge's verdict: its printed lines, and an error when a check failed."""
 
+    memory_bytes = Integer(sandbox.Limits.memory_bytes, help="address space of each student process").tag(config=True)
+
     def preprocess(self, nb: Any, resources: dict) -> tuple[Any, dict]:
         folder = Path(resources.get("metadata", {}).get("path") or ".")
         name = resources.get("unique_key", "notebook")
         start = time.perf_counter()
-        verdicts = judge_notebook(nb, folder, name=str(name).replace("/", "_"))
+        verdicts = judge_notebook(nb, folder, name=str(name).replace("/", "_"),
+                                  limits=sandbox.Limits(memory_bytes=self.memory_bytes))
         self.log.info("judged %d check cells in %.1f s", len(verdicts), time.perf_counter() - start)
         for cell in nb.cells:
             grade_id = (cell.get("metadata", {}).get("nbgrader") or {}).get("grade_id")

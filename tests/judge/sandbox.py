@@ -129,7 +129,7 @@ def command(cmd: Sequence[str], *, cwd: Path, binds: Sequence[tuple[Path, Path]]
                 "MPLCONFIGDIR": "/tmp/home/.matplotlib", "OMP_WAIT_POLICY": "PASSIVE"}
     for key, value in {**base_env, **(env or {})}.items():
         args += ["--setenv", key, value]
-    args += ["--chdir", str(cwd), "--"]
+    args += ["--remount-ro", "/", "--chdir", str(cwd), "--"]  # the sandbox's own root too: only binds are writable
     return [*rl, *args, *cmd]
 
 
