@@ -29,7 +29,7 @@ from traitlets import Bool, Integer
 from ddpm_ref.course import course_root
 
 sys.path.insert(0, str(course_root()))  # the judge and the checks live in the repository's tests/
-from tests.judge.nbgrader import JudgeChecks, SandboxedKernelManager, prepare  # noqa: E402
+from tests.judge.nbgrader import JudgeChecks, SandboxedKernelManager, StartJudging, prepare  # noqa: E402
 
 #: seconds one cell may run while grading: the FAST training and sampling cells take well under a minute
 CELL_TIMEOUT_S = 60
@@ -135,6 +135,7 @@ c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedb
 c.Execute.timeout = CELL_TIMEOUT_S
 c.Execute.interrupt_on_timeout = True
 c.Autograde.autograde_preprocessors = [
+    StartJudging,  # the judge works on the submitted cells while the kernel runs them
     CourseExecute,
     JudgeChecks,  # the check cells' scores: the judge's verdicts, computed outside the kernel
     IgnorePattern,

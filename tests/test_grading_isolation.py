@@ -109,7 +109,7 @@ def _course(tmp: Path, students: dict[str, nbformat.NotebookNode]) -> Path:
     course = tmp / "course"
     shutil.copytree(SOLUTIONS / LESSON, course / "solutions" / LESSON)
     config = (ROOT / "nbgrader_config.py").read_text()
-    config += ("\nc.SandboxedKernelManager.memory_bytes = 5 << 30\nc.JudgeChecks.memory_bytes = 5 << 30\n"
+    config += ("\nc.SandboxedKernelManager.memory_bytes = 5 << 30\nc.StartJudging.memory_bytes = 5 << 30\n"
                "c.Execute.timeout = 120\n")
     (course / "nbgrader_config.py").write_text(config)
     load_release().generate(course, [LESSON])

@@ -15,7 +15,10 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,6 +210,33 @@ def _impl(session: _Session) -> harness.Impl:
     return impl
 
 
+class _ThreadStdout(io.TextIOBase):
+    """``sys.stdout`` that sends what a thread prints to that thread's buffer, if it set one (the judge can run
+    beside nbgrader's executing kernel without taking its output)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.local = real, threading.local()
+
+    def write(self, text: str) -> int:
+        target = getattr(self.local, "buffer", None)
+        return (target or self.real).write(text)
+
+    def flush(self) -> None:
+        (getattr(self.local, "buffer", None) or self.real).flush()
+
+
+@contextlib.contextmanager
+def _printing_to(buffer: io.StringIO) -> Iterator[None]:
+    if not isinstance(sys.stdout, _ThreadStdout):
+        sys.stdout = _ThreadStdout(sys.stdout)
+    stdout = sys.stdout
+    old, stdout.local.buffer = getattr(stdout.local, "buffer", None), buffer
+    try:
+        yield
+    finally:
+        stdout.local.buffer = old
+
+
 def _grade(session: _Session, hidden: tuple[bool, ...]) -> dict[bool, Verdict]:
     exercise = session.exercise
     impl = _impl(session)
@@ -215,7 +245,7 @@ def _grade(session: _Session, hidden: tuple[bool, ...]) -> dict[bool, Verdict]:
         if not any(f.hidden == which for f in harness.REGISTRY.get(exercise, [])):
             continue
         out = io.StringIO()
-        with contextlib.redirect_stdout(out):
+        with _printing_to(out):
             try:
                 results = harness.run_checks(exercise, impl, hidden=which, raise_on_failure=False)
             except Exception as e:  # the judge's own failure: the cell fails and says so

@@ -6,14 +6,17 @@
   sees the Python installation and ``ddpm_ref`` read-only and a private copy of the submission's folder, talks
   to nbgrader over Unix sockets (it has no network), and cannot see the course, the other submissions or the
   gradebook. Its check cells print one line and check nothing (``DDPM_JUDGED``): they are scored below.
-* :class:`JudgeChecks`, after the notebook ran, replaces the outputs of every check cell with the verdict of the
-  judge (:func:`tests.judge.judge_notebook`), computed outside the kernel. nbgrader then scores each cell, as
+* :class:`StartJudging` starts the judge (:func:`tests.judge.judge_notebook`) on the submitted cells, beside the
+  kernel's run; :class:`JudgeChecks`, after the notebook ran, replaces the outputs of every check cell with its
+  verdicts, computed outside the kernel. nbgrader then scores each cell, as
   always, by whether its outputs hold an error.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import copy
 import os
 import shutil
 import tempfile
@@ -86,18 +89,39 @@ class SandboxedKernelManager(AsyncKernelManager):
             shutil.rmtree(self._sandbox_dir, ignore_errors=True)
 
 
-class JudgeChecks(NbGraderPreprocessor):
-    """Scores every check cell from the judge's verdict: its printed lines, and an error when a check failed."""
+_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="judge")
+
+
+class StartJudging(NbGraderPreprocessor):
+    """Starts judging the submission (from its cells' sources, before the kernel runs them) beside the kernel's
+    run; :class:`JudgeChecks` collects the verdicts."""
 
     memory_bytes = Integer(sandbox.Limits.memory_bytes, help="address space of each student process").tag(config=True)
 
     def preprocess(self, nb: Any, resources: dict) -> tuple[Any, dict]:
         folder = Path(resources.get("metadata", {}).get("path") or ".")
-        name = resources.get("unique_key", "notebook")
+        name = str(resources.get("unique_key", "notebook")).replace("/", "_")
+        limits = sandbox.Limits(memory_bytes=self.memory_bytes)
+        source = copy.deepcopy(nb)
         start = time.perf_counter()
-        verdicts = judge_notebook(nb, folder, name=str(name).replace("/", "_"),
-                                  limits=sandbox.Limits(memory_bytes=self.memory_bytes))
-        self.log.info("judged %d check cells in %.1f s", len(verdicts), time.perf_counter() - start)
+
+        def judge() -> tuple[dict, float]:
+            return judge_notebook(source, folder, name=name, limits=limits), time.perf_counter() - start
+
+        resources["ddpm_judge"] = _POOL.submit(judge)
+        return nb, resources
+
+
+class JudgeChecks(NbGraderPreprocessor):
+    """Scores every check cell from the judge's verdict: its printed lines, and an error when a check failed."""
+
+    def preprocess(self, nb: Any, resources: dict) -> tuple[Any, dict]:
+        future = resources.pop("ddpm_judge", None)
+        if future is None:  # StartJudging was not configured: judge now
+            future = _POOL.submit(lambda: (judge_notebook(nb, Path(resources.get("metadata", {}).get("path")
+                                                                    or "."), name="notebook"), 0.0))
+        verdicts, seconds = future.result()
+        self.log.info("judged %d check cells in %.1f s", len(verdicts), seconds)
         for cell in nb.cells:
             grade_id = (cell.get("metadata", {}).get("nbgrader") or {}).get("grade_id")
             if grade_id not in verdicts:
