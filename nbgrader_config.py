@@ -94,14 +94,17 @@ class CourseExecute(Execute):
             return cell, resources
         try:
             return super().preprocess_cell(cell, resources, index)
-        except (DeadKernelError, CellTimeoutError) as e:
-            if isinstance(e, CellTimeoutError):  # the interrupt did not stop it: end the kernel, keep grading
+        except Exception as e:  # a dead, hung or garbled kernel ends this notebook's run, never the batch
+            if not isinstance(e, DeadKernelError):  # stop what is left of it
                 kill = getattr(self.km, "kill_tree", None)
                 if kill is not None:
                     kill()
+            if isinstance(e, CellTimeoutError):
                 what = "ran past its time and ignored the interrupt, so the kernel was stopped"
-            else:
+            elif isinstance(e, DeadKernelError):
                 what = "ended the kernel (an exit call, a signal, or out of memory?)"
+            else:
+                what = f"broke the kernel's connection ({type(e).__name__}: {str(e)[:200]}), so it was stopped"
             self._dead = f"not run: an earlier cell {what}"
             cell.outputs.append(new_output("error", ename=type(e).__name__, evalue=f"this cell {what}",
                                            traceback=[f"{type(e).__name__}: this cell {what}"]))

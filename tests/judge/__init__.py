@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from tests import harness, integrity
-from tests.judge import remote, sandbox
+from tests.judge import remote, sandbox, withhold
 from tests.notebook_impl import _strip_magics, _top_level_names
 
-__all__ = ["CheckCell", "Verdict", "check_cells", "grade_exercise", "judge_notebook"]
+__all__ = ["CheckCell", "Plan", "Verdict", "check_cells", "grade_exercise", "judge_notebook", "plan"]
 
 #: seconds the checks of one exercise (visible and hidden) may take in all, the student's process included
 EXERCISE_BUDGET_S = 150.0
@@ -263,26 +263,42 @@ def grade_exercise(nb: Any, folder: Path | None, exercise: str, *, before: int |
     """Run the visible and/or hidden checks of ``exercise`` on the notebook's code above cell ``before``."""
     sandbox.require()
     harness.load_all_checks()
+    withhold.cached(exercise)
     before = len(nb.cells) if before is None else before
     with _Session(exercise, student_cells(nb, before, exercise, name), folder, limits) as session:
         return _grade(session, hidden)
 
 
-def judge_notebook(nb: Any, folder: Path | None, *, limits: sandbox.Limits = sandbox.DEFAULT_LIMITS,
-                   name: str = "notebook") -> dict[str, Verdict]:
-    """Every check cell of ``nb``: {grade_id: Verdict}. ``folder`` holds the files the notebook reads."""
-    sandbox.require()
+@dataclass
+class Plan:
+    """What judging a notebook takes, worked out from its cells: per exercise, its check cells and the cells its
+    process runs. (Made in the calling thread: it parses code, which Python 3.11 cannot do in two threads.)"""
+
+    exercises: dict[str, tuple[list[CheckCell], list[tuple[str, str, tuple[str, ...]]]]]
+
+
+def plan(nb: Any, name: str = "notebook") -> Plan:
     harness.load_all_checks()
     cells = check_cells(nb)
+    exercises = {}
+    for exercise in dict.fromkeys(c.exercise for c in cells):
+        mine = [c for c in cells if c.exercise == exercise]
+        exercises[exercise] = (mine, student_cells(nb, min(c.index for c in mine), exercise, name))
+        withhold.cached(exercise)
+    return Plan(exercises)
+
+
+def judge_notebook(nb: Any, folder: Path | None, *, limits: sandbox.Limits = sandbox.DEFAULT_LIMITS,
+                   name: str = "notebook", prepared: Plan | None = None) -> dict[str, Verdict]:
+    """Every check cell of ``nb``: {grade_id: Verdict}. ``folder`` holds the files the notebook reads."""
+    sandbox.require()
+    prepared = prepared or plan(nb, name)
     verdicts: dict[str, Verdict] = {}
-    exercises = list(dict.fromkeys(c.exercise for c in cells))
     with contextlib.ExitStack() as stack:
         # every exercise's process starts now, so that their start-up overlaps with the checks of the first ones
-        sessions = {x: stack.enter_context(_Session(x, student_cells(nb, min(c.index for c in cells
-                                                                             if c.exercise == x), x, name),
-                                                    folder, limits).started()) for x in exercises}
-        for exercise in exercises:
-            mine = [c for c in cells if c.exercise == exercise]
+        sessions = {x: stack.enter_context(_Session(x, cells, folder, limits).started())
+                    for x, (_, cells) in prepared.exercises.items()}
+        for exercise, (mine, _) in prepared.exercises.items():
             results = _grade(sessions[exercise], tuple(sorted({c.hidden for c in mine})))
             for c in mine:
                 verdicts[c.grade_id] = results.get(c.hidden, Verdict(False, "", f"{exercise}: no checks ran"))

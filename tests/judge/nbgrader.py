@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import copy
 import os
 import shutil
 import tempfile
@@ -29,7 +28,7 @@ from nbformat.v4 import new_output
 from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Integer
 
-from tests.judge import judge_notebook, sandbox
+from tests.judge import judge_notebook, plan, sandbox
 
 #: the environment variable that tells the lessons' check cells that the judge scores them
 JUDGED_ENV = "DDPM_JUDGED"
@@ -102,11 +101,11 @@ class StartJudging(NbGraderPreprocessor):
         folder = Path(resources.get("metadata", {}).get("path") or ".")
         name = str(resources.get("unique_key", "notebook")).replace("/", "_")
         limits = sandbox.Limits(memory_bytes=self.memory_bytes)
-        source = copy.deepcopy(nb)
+        prepared = plan(nb, name)  # here, in nbgrader's thread: it parses code
         start = time.perf_counter()
 
         def judge() -> tuple[dict, float]:
-            return judge_notebook(source, folder, name=name, limits=limits), time.perf_counter() - start
+            return judge_notebook(nb, folder, name=name, limits=limits, prepared=prepared), time.perf_counter() - start
 
         resources["ddpm_judge"] = _POOL.submit(judge)
         return nb, resources
@@ -118,9 +117,11 @@ class JudgeChecks(NbGraderPreprocessor):
     def preprocess(self, nb: Any, resources: dict) -> tuple[Any, dict]:
         future = resources.pop("ddpm_judge", None)
         if future is None:  # StartJudging was not configured: judge now
-            future = _POOL.submit(lambda: (judge_notebook(nb, Path(resources.get("metadata", {}).get("path")
-                                                                    or "."), name="notebook"), 0.0))
-        verdicts, seconds = future.result()
+            start = time.perf_counter()
+            verdicts = judge_notebook(nb, Path(resources.get("metadata", {}).get("path") or "."))
+            seconds = time.perf_counter() - start
+        else:
+            verdicts, seconds = future.result()
         self.log.info("judged %d check cells in %.1f s", len(verdicts), seconds)
         for cell in nb.cells:
             grade_id = (cell.get("metadata", {}).get("nbgrader") or {}).get("grade_id")

@@ -180,7 +180,6 @@ class StudentProcess:
         self.deadline = float("inf")  # for answering the checks: set when the exercise's grading begins
         self.tmp = Path(tempfile.mkdtemp(prefix="ddpm-judge-"))
         package = Path(ddpm_ref.__file__).resolve().parent
-        withhold.build(exercise, package, self.tmp / "ddpm_ref")
         (self.tmp / "grader").mkdir()
         for name in ("protocol.py", "runtime.py"):
             shutil.copy2(HERE / name, self.tmp / "grader" / name)
@@ -193,7 +192,7 @@ class StudentProcess:
         self._rfd, from_child = os.pipe()
         cmd = sandbox.command(
             [sys.executable, "-u", str(GRADER / "runtime.py"), str(to_child), str(from_child)],
-            cwd=WORK, binds=[(self.tmp / "ddpm_ref", package), (self.tmp / "grader", GRADER)],
+            cwd=WORK, binds=[(withhold.cached(exercise), package), (self.tmp / "grader", GRADER)],
             rw_binds=[(work, WORK)], limits=limits,
             env={"DDPM_FAST": "1", "NBGRADER_EXECUTION": "autograde", "DDPM_JUDGE_THREADS": "1",
                  "OMP_NUM_THREADS": "1", "PYTHONPATH": str(GRADER)})

@@ -10,7 +10,10 @@ before X stay, as the lessons tell students to build on them.
 from __future__ import annotations
 
 import ast
+import atexit
 import shutil
+import tempfile
+import threading
 from pathlib import Path
 
 from tests.harness import EXERCISES
@@ -130,3 +133,21 @@ def build(exercise: str, package: Path, dest: Path) -> list[str]:
             shutil.copy2(src, out)
     (dest / "_withheld.py").write_text(_STUB_MODULE.format(exercise=exercise), encoding="utf-8")
     return sorted(set(stubbed))
+
+
+_CACHE: dict[str, Path] = {}
+_LOCK = threading.Lock()
+
+
+def cached(exercise: str) -> Path:
+    """The withheld copy for ``exercise``, built once per process (read-only for every sandbox that binds it).
+    Call it first from the main thread: Python 3.11's parser is not safe to run in two threads at once."""
+    with _LOCK:
+        if exercise not in _CACHE:
+            import ddpm_ref
+
+            root = Path(tempfile.mkdtemp(prefix=f"ddpm-withheld-{exercise}-"))
+            atexit.register(shutil.rmtree, root, True)
+            build(exercise, Path(ddpm_ref.__file__).resolve().parent, root / "ddpm_ref")
+            _CACHE[exercise] = root / "ddpm_ref"
+        return _CACHE[exercise]
