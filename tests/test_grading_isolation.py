@@ -51,7 +51,7 @@ def attempt(what, action):
 
 
 repo = pathlib.Path(ddpm_ref.__file__).resolve().parent.parent
-course = pathlib.Path.cwd().resolve().parents[2]
+course = pathlib.Path("COURSE")  # the attacker knows where the instructor keeps the course
 victim = course / "submitted" / "solution" / "LESSON" / "LESSON.ipynb"
 attempt("rewrite the checks", lambda: open(repo / "tests" / "harness.py", "a").write("run_checks = print\\n"))
 attempt("rewrite ddpm_ref", lambda: open(repo / "ddpm_ref" / "schedule.py", "a").write("# changed\\n"))
@@ -61,6 +61,12 @@ attempt("delete a submission", lambda: victim.unlink())
 attempt("connect to the host", lambda: socket.create_connection(("127.0.0.1", PORT), timeout=3).close())
 attempt("allocate memory", lambda: [bytearray(1 << 28) for _ in range(64)])
 print("\\n".join(report), flush=True)
+print("x" * 30_000_000, flush=True)
+'''
+
+#: in a later cell (each cell has its own output limit): fork until stopped
+FORK = '''
+import os, time
 
 
 def fork_many():
@@ -70,9 +76,11 @@ def fork_many():
             os._exit(0)
 
 
-attempt("fork processes", fork_many)
-print(report[-1], flush=True)
-print("x" * 30_000_000)
+try:
+    fork_many()
+    print("fork processes: done")
+except OSError as e:
+    print(f"fork processes: refused ({type(e).__name__}: {e})", flush=True)
 '''
 
 
@@ -148,9 +156,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
         server.bind(("127.0.0.1", 0))
         server.listen(4)
         server.settimeout(0.1)
-        attack = ATTACK.replace("LESSON", LESSON).replace("PORT", str(server.getsockname()[1]))
-        course = _course(tmp_path_factory.mktemp("class"), {**honest, "attacker": _with("linear_beta_schedule",
-                                                                                         attack)})
+        folder = tmp_path_factory.mktemp("class")
+        attack = (ATTACK.replace("LESSON", LESSON).replace("PORT", str(server.getsockname()[1]))
+                  .replace("COURSE", str(folder / "course")))
+        attacker = _with("linear_beta_schedule", attack)
+        (cell,) = [c for c in attacker.cells if (c.metadata.get("nbgrader") or {}).get("grade_id")
+                   == "cosine_beta_schedule"]
+        cell.source += "\n\n" + FORK
+        course = _course(folder, {**honest, "attacker": attacker})
         watched = [ROOT / "ddpm_ref", ROOT / "tests", course / "solutions", course / "lessons", course / "submitted"]
         before = _hashes(*watched)
         _nbgrader(course, "autograde", LESSON)

@@ -29,6 +29,7 @@ from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Integer
 
 from tests.judge import judge_notebook, plan, sandbox
+from tests.judge.remote import WORK
 
 #: the environment variable that tells the lessons' check cells that the judge scores them
 JUDGED_ENV = "DDPM_JUDGED"
@@ -59,8 +60,8 @@ class SandboxedKernelManager(AsyncKernelManager):
         package = Path(ddpm_ref.__file__).resolve().parent
         kw["cwd"] = str(self._sandbox_dir)
         limits = sandbox.Limits(processes=self.processes, memory_bytes=self.memory_bytes)
-        cmd = sandbox.command(kernel_cmd, cwd=cwd, binds=[(package, package)],
-                              rw_binds=[(self._sandbox_dir, self._sandbox_dir), (scratch, cwd)], env=env,
+        cmd = sandbox.command(kernel_cmd, cwd=WORK, binds=[(package, package)],
+                              rw_binds=[(self._sandbox_dir, self._sandbox_dir), (scratch, WORK)], env=env,
                               limits=limits)
         self._cap = sandbox.ProcessCap(limits.processes)
         await super()._async_launch_kernel(self._cap.wrap(cmd), **kw)
