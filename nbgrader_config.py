@@ -83,14 +83,14 @@ class CourseExecute(Execute):
         return left if cell_timeout is None else min(cell_timeout, left)
 
     def preprocess_cell(self, cell, resources, index):
-        if cell.cell_type == "code" and getattr(self, "_dead", None):
-            cell.outputs = [new_output("error", ename="DeadKernelError", evalue=self._dead,
-                                       traceback=[f"DeadKernelError: {self._dead}"])]
-            return cell, resources
         if cell.cell_type == "code" and time.monotonic() >= getattr(self, "_deadline", math.inf):
             message = f"not run: the notebook used up its {self.notebook_timeout} s (is there an endless loop?)"
             cell.outputs = [new_output("error", ename="NotebookTimeoutError", evalue=message,
                                        traceback=[f"NotebookTimeoutError: {message}"])]
+            return cell, resources
+        if cell.cell_type == "code" and getattr(self, "_dead", None):
+            cell.outputs = [new_output("error", ename="DeadKernelError", evalue=self._dead,
+                                       traceback=[f"DeadKernelError: {self._dead}"])]
             return cell, resources
         try:
             return super().preprocess_cell(cell, resources, index)

@@ -23,6 +23,7 @@ import torch
 import ddpm_ref
 from tests._course import SOLUTIONS
 from tests.judge import check_cells, grade_exercise, protocol, sandbox, withhold
+from tests.mistakes import ALTERNATIVES
 
 needs_sandbox = pytest.mark.skipif(sandbox.bwrap() is None, reason="no working bubblewrap on this machine")
 
@@ -208,3 +209,25 @@ def test_the_students_process_cannot_touch_the_verdict() -> None:
                  "import os\ndef predict_x0(x_t, t, eps, schedule):\n    os._exit(3)\n")
     verdict = grade_exercise(dies, SOLUTIONS / "02_forward_diffusion", "predict_x0", hidden=(False,))[False]
     assert not verdict.passed and "exit code 3" in verdict.text, verdict.text
+
+
+# ------------------------------------------------------------------------------------------------ correct variants
+
+
+def _lesson_of(exercise: str) -> str:
+    for lesson in sorted(p.name for p in SOLUTIONS.iterdir() if (p / f"{p.name}.ipynb").is_file()):
+        if any((c.metadata.get("nbgrader") or {}).get("grade_id") == exercise for c in _lesson(lesson).cells):
+            return lesson
+    raise KeyError(exercise)
+
+
+@pytest.mark.slow
+@needs_sandbox
+@pytest.mark.parametrize("variant", ALTERNATIVES, ids=lambda a: a.name)
+def test_a_correct_variant_keeps_full_marks_through_the_judge(variant) -> None:
+    """Every correct variant of tests/mistakes.py, written differently from ddpm_ref, passes every check of its
+    exercise when the judge grades it (its proxies, copies and withheld reference change no verdict)."""
+    lesson = _lesson_of(variant.exercise)
+    verdicts = grade_exercise(_with(_lesson(lesson), variant.exercise, variant.source), SOLUTIONS / lesson,
+                              variant.exercise)
+    assert all(v.passed for v in verdicts.values()), {k: v.text for k, v in verdicts.items() if not v.passed}

@@ -29,7 +29,7 @@ from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Integer
 
 from tests.judge import judge_notebook, plan, sandbox
-from tests.judge.remote import WORK
+from tests.judge.remote import LIB, WORK
 
 #: the environment variable that tells the lessons' check cells that the judge scores them
 JUDGED_ENV = "DDPM_JUDGED"
@@ -56,11 +56,11 @@ class SandboxedKernelManager(AsyncKernelManager):
         shutil.copytree(cwd, scratch, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
         env = {k: v for k, v in (kw.get("env") or {}).items()
                if k in ("NBGRADER_EXECUTION", "DDPM_FAST", "JPY_SESSION_NAME") or k.startswith("PYDEVD")}
-        env.update({JUDGED_ENV: "1", "OMP_NUM_THREADS": str(min(4, os.cpu_count() or 1))})
+        env.update({JUDGED_ENV: "1", "OMP_NUM_THREADS": str(min(4, os.cpu_count() or 1)), "PYTHONPATH": str(LIB)})
         package = Path(ddpm_ref.__file__).resolve().parent
         kw["cwd"] = str(self._sandbox_dir)
         limits = sandbox.Limits(processes=self.processes, memory_bytes=self.memory_bytes)
-        cmd = sandbox.command(kernel_cmd, cwd=WORK, binds=[(package, package)],
+        cmd = sandbox.command(kernel_cmd, cwd=WORK, binds=[(package, package), (package, LIB / "ddpm_ref")],
                               rw_binds=[(self._sandbox_dir, self._sandbox_dir), (scratch, WORK)], env=env,
                               limits=limits)
         self._cap = sandbox.ProcessCap(limits.processes)

@@ -34,6 +34,8 @@ from tests.judge import protocol, sandbox, withhold
 HERE = Path(__file__).resolve().parent
 #: where the submission's folder, the runtime and the withheld ddpm_ref copy appear inside the sandbox
 WORK, GRADER = Path("/submission"), Path("/grader")
+#: a second place for ddpm_ref inside the sandbox, first on PYTHONPATH (whatever finder the installation uses)
+LIB = Path("/course-lib")
 #: exception types kept by name when they come back (the rest arrive as RuntimeError naming the original)
 _KEPT = {"NotImplementedError", "TypeError", "ValueError", "RuntimeError", "IndexError", "KeyError", "AttributeError",
          "ZeroDivisionError", "AssertionError", "NameError", "MemoryError", "OverflowError", "ArithmeticError",
@@ -192,10 +194,11 @@ class StudentProcess:
         self._rfd, from_child = os.pipe()
         cmd = sandbox.command(
             [sys.executable, "-u", str(GRADER / "runtime.py"), str(to_child), str(from_child)],
-            cwd=WORK, binds=[(withhold.cached(exercise), package), (self.tmp / "grader", GRADER)],
+            cwd=WORK, binds=[(withhold.cached(exercise), package), (withhold.cached(exercise), LIB / "ddpm_ref"),
+                   (self.tmp / "grader", GRADER)],
             rw_binds=[(work, WORK)], limits=limits,
             env={"DDPM_FAST": "1", "NBGRADER_EXECUTION": "autograde", "DDPM_JUDGE_THREADS": "1",
-                 "OMP_NUM_THREADS": "1", "PYTHONPATH": str(GRADER)})
+                 "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{LIB}:{GRADER}"})
         self.cap = sandbox.ProcessCap(limits.processes)
         self.proc = subprocess.Popen(self.cap.wrap(cmd), pass_fds=(to_child, from_child), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
