@@ -177,7 +177,8 @@ def test_trainer_applies_the_speed_fields_of_its_config(tmp_path: Path):
     if ddpm_ref.perf.fused_adamw_supported("cpu"):
         assert fast.optimizer.defaults["fused"]
     a, b = plain.fit(), fast.fit()  # same init, batches and noise: the same losses up to float32 reordering
-    assert a.step_losses == pytest.approx(b.step_losses, rel=1e-4)
+    # oneDNN picks other convolution algorithms for channels_last: 2.4e-4 relative on torch 2.14.1 (x86 wheel)
+    assert a.step_losses == pytest.approx(b.step_losses, rel=1e-3)
 
 
 def test_image_folders_reach_the_trainer_as_uint8_and_map_to_the_same_floats(tmp_path: Path):
