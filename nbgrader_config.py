@@ -29,7 +29,13 @@ from traitlets import Bool, Integer
 from ddpm_ref.course import course_root
 
 sys.path.insert(0, str(course_root()))  # the judge and the checks live in the repository's tests/
-from tests.judge.nbgrader import JudgeChecks, SandboxedKernelManager, StartJudging, prepare  # noqa: E402
+from tests.judge.nbgrader import (  # noqa: E402
+    JudgeChecks,
+    SandboxedKernelManager,
+    SanitizeMarkdown,
+    StartJudging,
+    prepare,
+)
 
 #: seconds one cell may run while grading: the FAST training and sampling cells take well under a minute
 CELL_TIMEOUT_S = 60
@@ -141,6 +147,7 @@ c.Autograde.autograde_preprocessors = [
     StartJudging,  # the judge works on the submitted cells while the kernel runs them
     CourseExecute,
     JudgeChecks,  # the check cells' scores: the judge's verdicts, computed outside the kernel
+    SanitizeMarkdown,  # no script from a submission's markdown reaches a browser
     IgnorePattern,
     ClearMetadataPreprocessor,
     LimitOutput,
@@ -152,6 +159,10 @@ c.Autograde.autograde_preprocessors = [
 # feedback and autograded notebooks: no endless outputs, short tracebacks
 c.LimitOutput.max_lines = 200
 c.LimitOutput.max_traceback = 16
+
+# every page nbgrader renders (feedback, the Formgrader's view of a submission): a submission's HTML and markdown are
+# sanitized, so a notebook cannot run script in a student's or an instructor's browser (and act on the gradebook)
+c.HTMLExporter.sanitize_html = True
 
 # feedback: the hidden tests' code and output are not shown, only their score
 c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTestOutput, ClearHiddenTests, CSSHTMLHeaderPreprocessor]

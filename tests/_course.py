@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -26,3 +27,10 @@ def load_release() -> ModuleType:
 def load_site() -> ModuleType:
     """``solutions/build_site.py`` (the course site's build) as a module."""
     return _load_script("course_site", "build_site.py")
+
+
+def live_script(page: str, marker: str) -> list[str]:
+    """The places where an HTML page would run script containing ``marker``: a ``<script>`` element or an
+    ``on…=`` attribute of a real tag (escaped text, ``&lt;script&gt;``, is harmless and not listed)."""
+    pattern = rf"<script[^>]*>[^<]*{marker}|<[a-zA-Z]+[^>]*\son\w+\s*=[^>]*{marker}"
+    return re.findall(pattern, page)

@@ -225,11 +225,60 @@ def isolated(impl: Any, exercise: str) -> Iterator[None]:
                 if g[other] is not getattr(ref, other):
                     swapped.append((g, other, g[other]))
                     g[other] = getattr(ref, other)
-        with guard:
+        with guard, _inputs_kept(impl, exercise, target):
             yield
     finally:
         for g, name, value in reversed(swapped):
             g[name] = value
+
+
+def _tensors_in(value: Any, depth: int = 0) -> list[Any]:
+    """The tensors among a call's arguments (through lists, tuples and dicts; not inside other objects)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if depth > 8:
+        return []
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return [t for v in items for t in _tensors_in(v, depth + 1)]
+
+
+@contextlib.contextmanager
+def _inputs_kept(impl: Any, exercise: str, target: Any) -> Iterator[None]:
+    """While checking ``exercise``, every call of ``impl.<exercise>`` must leave its tensor arguments as they were: a
+    call that changes one in place fails, and the check's tensor is put back first (so a definition cannot bend
+    what the check computes next from its own inputs)."""
+    if not callable(target) or not isinstance(impl, SimpleNamespace):
+        yield
+        return
+    import functools
+
+    import torch
+
+    @functools.wraps(target)
+    def keeping_inputs(*args: Any, **kwargs: Any) -> Any:
+        tensors = _tensors_in((args, kwargs))
+        before = [t.detach().clone() for t in tensors]
+        out = target(*args, **kwargs)
+        changed = [(t, b) for t, b in zip(tensors, before, strict=True)
+                   if t.shape != b.shape or t.dtype != b.dtype or not torch.equal(
+                       t.detach().reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))]
+        for t, b in changed:
+            with torch.no_grad():
+                t.data = b
+        if changed:
+            raise AssertionError(
+                f"your `{exercise}` changed its input in place ({len(changed)} tensor argument(s)): the caller still "
+                "needs them. Hint: build new tensors (x = x * a, torch.where, .clone()) instead of x.mul_(...), "
+                "x[...] = ... or x += ... on an argument")
+        return out
+
+    vars(impl)[exercise] = keeping_inputs
+    try:
+        yield
+    finally:
+        vars(impl)[exercise] = target
 
 
 class Tampered(AssertionError):  # noqa: N818 (reads as what happened)

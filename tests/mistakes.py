@@ -1284,6 +1284,31 @@ CHEATS += [
                except OSError as _e:
                    print("refused:", _e)
            """), _STUB, None),
+    _cheat("cheat_library_reference", "q_sample", "diffusers' DDPMScheduler.add_noise as the answer",
+           """
+           def q_sample(x0, t, noise, schedule):
+               from diffusers import DDPMScheduler
+
+               scheduler = DDPMScheduler(num_train_timesteps=schedule.T, trained_betas=schedule.betas.numpy())
+               scheduler.alphas_cumprod = schedule.alpha_bars
+               t = torch.as_tensor(t).expand(x0.shape[0])
+               return scheduler.add_noise(x0.double(), noise.double(), t).to(x0.dtype)
+           """, "not available while the course is graded", None),
+    _cheat("cheat_zeroes_its_inputs", "predict_x0",
+           "zeroes the check's tensors in place, so the value expected from them is zero too",
+           """
+           def predict_x0(x_t, t, eps, schedule):
+               x_t.zero_()
+               eps.zero_()
+               return torch.zeros_like(x_t)
+           """, "changed its input in place", None),
+    _cheat("cheat_script_in_feedback", "psnr",
+           "leaves the stub and shows script meant to run in the browser of whoever opens the feedback or the "
+           "Formgrader", _stub("psnr(x, y)") + "\n" + _src("""
+           from IPython.display import HTML, Javascript, display
+           display(HTML('<script>window.DDPM_INJECTED = 1</script><img src=x onerror="window.DDPM_INJECTED = 2">'))
+           display(Javascript("window.DDPM_INJECTED = 3"))
+           """), _STUB, None),
     _cheat("cheat_reference_source", "guided_eps", "leaves the stub and executes the reference's source text",
            _stub("guided_eps(model, x_t, t, labels, w, *, null_label=None)") + "\n" + _src("""
            import ast
@@ -1365,7 +1390,9 @@ MISTAKES += [
             ("drop_labels_extremes", "drop_labels_rate", "drop_labels_every_class_alike"),
             "u > p_uncond: drops 1 − p_uncond of the labels",
             _edit(DROP_LABELS, "< p_uncond", "> p_uncond"), "the wrong way round"),
-    Mistake("drop_labels_in_place", "drop_labels", ("drop_labels_leaves_the_input_alone",),
+    Mistake("drop_labels_in_place", "drop_labels",  # every call of it changes its input: every check fails
+            ("drop_labels_extremes", "drop_labels_rate", "drop_labels_uses_the_generator",
+             "drop_labels_every_class_alike", "drop_labels_leaves_the_input_alone"),
             "writes ∅ into the caller's labels",
             _src('''
         def drop_labels(labels, p_uncond, null_label, *, generator=None):

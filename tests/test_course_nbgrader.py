@@ -40,7 +40,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tests._course import ROOT, SOLUTIONS, load_release, load_site
+from tests._course import ROOT, SOLUTIONS, live_script, load_release, load_site
 from tests.mistakes import CHEATS, MISTAKES, Mistake, hidden_checks
 
 pytestmark = pytest.mark.slow
@@ -358,6 +358,16 @@ def test_feedback_hides_hidden_tests(graded: Graded) -> None:
         assert not leaked, f"{sub.student}/{sub.lesson} feedback shows hidden checks {leaked}"
         if any(nbgrader_meta(c).get("grade_id", "").endswith("_hidden") for c in sub.nb.cells):
             assert "Hidden checks" in page, f"{sub.student}/{sub.lesson}: hidden cells show no score line"
+
+
+def test_feedback_runs_no_script_from_a_submission(graded: Graded) -> None:
+    """What a notebook displays as HTML or JavaScript (``cheat_script_in_feedback``) reaches the feedback pages
+    escaped or not at all: no script of a submission runs in a student's or an instructor's browser."""
+    pages = {f"{s.student}/{s.lesson}": graded.feedback(s) for s in graded.submissions}
+    assert any("DDPM_INJECTED" in page for page in pages.values()) or "06_reconstruction" not in LESSONS
+    for name, page in pages.items():
+        live = live_script(page, "DDPM_INJECTED")
+        assert not live, f"{name}: {live[:2]}"
 
 
 def test_tracebacks_are_short(graded: Graded) -> None:

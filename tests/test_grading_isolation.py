@@ -9,7 +9,8 @@ host, allocating memory until stopped, forking processes, printing megabytes. Th
 * every honest student's scores equal those of the run without the attacker;
 * every file of the course (the repository's ``ddpm_ref`` and ``tests``, the course folder's notebooks and
   submissions) is byte-identical afterwards, and the host's server saw no connection;
-* the attacker's feedback says what was refused; the batch was never stopped (every submission is graded).
+* the attacker's feedback says what was refused, and shows its script escaped (a markdown cell's and a displayed
+  one's: nothing of a submission runs in the browser of whoever opens the page); the batch was never stopped.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tests._course import ROOT, SOLUTIONS, load_release
+from tests._course import ROOT, SOLUTIONS, live_script, load_release
 from tests.judge import sandbox
 from tests.mistakes import ALTERNATIVES, CHEATS, MISTAKES, by_name
 
@@ -163,6 +164,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
         (cell,) = [c for c in attacker.cells if (c.metadata.get("nbgrader") or {}).get("grade_id")
                    == "cosine_beta_schedule"]
         cell.source += "\n\n" + FORK
+        attacker.cells.insert(1, nbformat.v4.new_markdown_cell(  # script for the grader's browser
+            '<script>window.DDPM_INJECTED = 1</script><img src=x onerror="window.DDPM_INJECTED = 2">'))
         course = _course(folder, {**honest, "attacker": attacker})
         watched = [ROOT / "ddpm_ref", ROOT / "tests", course / "solutions", course / "lessons", course / "submitted"]
         before = _hashes(*watched)
@@ -201,3 +204,4 @@ def test_the_attackers_feedback_says_what_was_refused(runs) -> None:
     if sandbox.cgroup_available():
         assert "fork processes: refused" in page
     assert "output cut at" in page
+    assert "DDPM_INJECTED" in page and not live_script(page, "DDPM_INJECTED"), "a submission's script runs"

@@ -147,7 +147,9 @@ def test_cheats_cover_every_kind() -> None:
              "input_transformers": "an input transformer", "ast_transformers": "an AST transformer",
              "torch.allclose =": "patched torch", "sys.stdout.write": "printed output",
              "set_custom_exc": "exception handlers", "_getframe": "frame inspection", "os._exit": "an exit call",
-             "killpg": "signals", 'open(_path, "a")': "the course's files rewritten"}
+             "killpg": "signals", 'open(_path, "a")': "the course's files rewritten",
+             "diffusers": "a library that implements the exercise", ".zero_()": "the check's inputs changed",
+             "<script>": "script for the grader's browser"}
     missing = [kind for needle, kind in kinds.items() if not any(needle in c.source for c in judged)]
     assert not missing, missing
     for c in CHEATS:

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_client.manager import AsyncKernelManager
+from nbconvert.preprocessors.sanitize import SanitizeHTML
 from nbformat.v4 import new_output
 from nbgrader.preprocessors import NbGraderPreprocessor
-from traitlets import Integer
+from traitlets import Bool, Integer
 
 from tests.judge import judge_notebook, plan, sandbox
 from tests.judge.remote import LIB, WORK
@@ -134,6 +135,19 @@ class JudgeChecks(NbGraderPreprocessor):
                 cell.outputs.append(new_output("error", ename="CheckFailed", evalue=verdict.error,
                                                traceback=[f"CheckFailed: {verdict.error}"]))
         return nb, resources
+
+
+class SanitizeMarkdown(SanitizeHTML):
+    """A submission's markdown and raw cells with their HTML escaped (no ``<script>``, no event handlers), in the
+    autograded notebook the Formgrader shows. Outputs are sanitized where they are rendered
+    (``HTMLExporter.sanitize_html``), so the stored run keeps them as they were."""
+
+    enabled = Bool(True).tag(config=True)
+
+    def preprocess_cell(self, cell: Any, resources: dict, index: int) -> tuple[Any, dict]:
+        if cell.cell_type == "code":
+            return cell, resources
+        return super().preprocess_cell(cell, resources, index)
 
 
 def prepare() -> None:

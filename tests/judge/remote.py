@@ -39,7 +39,7 @@ LIB = Path("/course-lib")
 #: exception types kept by name when they come back (the rest arrive as RuntimeError naming the original)
 _KEPT = {"NotImplementedError", "TypeError", "ValueError", "RuntimeError", "IndexError", "KeyError", "AttributeError",
          "ZeroDivisionError", "AssertionError", "NameError", "MemoryError", "OverflowError", "ArithmeticError",
-         "LookupError", "UnboundLocalError", "RecursionError"}
+         "LookupError", "UnboundLocalError", "RecursionError", "ImportError", "ModuleNotFoundError"}
 
 
 class StudentProcessError(AssertionError):

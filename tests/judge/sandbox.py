@@ -15,12 +15,14 @@ Without ``bwrap`` (Debian/Ubuntu: ``apt-get install bubblewrap``) grading refuse
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -34,6 +36,12 @@ UNSANDBOXED_ENV = "DDPM_GRADE_UNSANDBOXED"
 #: /etc entries a Python process needs (dynamic linker, fonts, locale, users); the rest of /etc stays out
 _ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "fonts", "localtime", "passwd", "group", "nsswitch.conf",
         "alternatives", "mime.types", "matplotlibrc")
+
+
+#: installed packages that implement this course's exercises (diffusers' schedulers add noise and take DDPM and DDIM
+#: steps): hidden in the sandbox, where they would be the reference by another name
+HIDDEN_PACKAGES = ("diffusers", "denoising_diffusion_pytorch", "k_diffusion", "improved_diffusion",
+                   "guided_diffusion")
 
 
 class SandboxUnavailable(RuntimeError):
@@ -95,6 +103,36 @@ def _python_roots() -> list[Path]:
     return [r for r in resolved if not any(r != o and o in r.parents for o in resolved)]
 
 
+def _hidden_packages() -> list[Path]:
+    """The folders of the installed :data:`HIDDEN_PACKAGES` (found without importing them)."""
+    import importlib.util
+
+    found = []
+    for name in HIDDEN_PACKAGES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            found.append(Path(location).resolve())
+    return found
+
+
+_STAND_IN: list[Path] = []
+
+
+def _stand_in() -> Path:
+    """A package folder whose import fails with a sentence saying why (bound over each hidden package)."""
+    if not _STAND_IN:
+        folder = Path(tempfile.mkdtemp(prefix="ddpm-hidden-"))
+        atexit.register(shutil.rmtree, folder, True)
+        (folder / "__init__.py").write_text(
+            'raise ImportError("this package implements the course\'s exercises, so it is not available while the '
+            'course is graded: write the exercise yourself")\n')
+        _STAND_IN.append(folder)
+    return _STAND_IN[0]
+
+
 def command(cmd: Sequence[str], *, cwd: Path, binds: Sequence[tuple[Path, Path]] = (),
             rw_binds: Sequence[tuple[Path, Path]] = (), env: dict[str, str] | None = None,
             limits: Limits | None = None, share_net: bool = False) -> list[str]:
@@ -120,6 +158,8 @@ def command(cmd: Sequence[str], *, cwd: Path, binds: Sequence[tuple[Path, Path]]
             args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
     for root in _python_roots():
         args += ["--ro-bind", str(root), str(root)]
+    for folder in _hidden_packages():
+        args += ["--ro-bind", str(_stand_in()), str(folder)]
     for src, dst in binds:
         args += ["--ro-bind", str(src), str(dst)]
     for src, dst in rw_binds:
