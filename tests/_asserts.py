@@ -2,7 +2,8 @@
 
 Every failure is an ``AssertionError`` whose message says what was expected, what came out and what the
 usual mistake is. ``diagnoses`` lists wrong answers that typical mistakes produce: when the student's
-output matches one of them, its hint replaces the generic one.
+output matches one of them, its hint replaces the generic one. A failure with a hint is a
+:class:`~tests.harness.Failure`, which keeps the hint as the named mistake (what the class report counts).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tests.harness import CheckSkipped
+from tests.harness import CheckSkipped, Failure
 
 #: (wrong answer, or a function returning it; hint shown when the student's output matches it)
 Diagnosis = tuple[Any, str]
@@ -40,6 +41,11 @@ def _hint(text: str) -> str:
     return f" Hint: {text}" if text else ""
 
 
+def _fail(message: str, hint: str) -> AssertionError:
+    """The error of a failed assertion: a :class:`~tests.harness.Failure` naming the mistake when there is a hint."""
+    return Failure(message, hint) if hint else AssertionError(message)
+
+
 def expect_tensor(
     out: Any,
     what: str,
@@ -52,28 +58,24 @@ def expect_tensor(
 ) -> Tensor:
     """Assert that ``out`` is a tensor of the given shape, dtype and device (and finite); return it."""
     if isinstance(out, tuple) and len(out) == 1:
-        raise AssertionError(f"{what} should be a tensor, got a 1-tuple: remove the trailing comma after it.")
+        raise Failure(f"{what} should be a tensor, got a 1-tuple.", "remove the trailing comma after it")
     if not isinstance(out, Tensor):
-        raise AssertionError(f"{what} should be a torch.Tensor, got {type(out).__name__}.{_hint(hint)}")
+        raise _fail(f"{what} should be a torch.Tensor, got {type(out).__name__}.", hint)
     if shape is not None and tuple(out.shape) != tuple(shape):
-        raise AssertionError(
-            f"{what} should have shape {list(shape)}, got {list(out.shape)}.{_hint(hint or _shape_hint(out, shape))}"
-        )
+        raise _fail(f"{what} should have shape {list(shape)}, got {list(out.shape)}.", hint or _shape_hint(out, shape))
     if dtype is not None and out.dtype != dtype:
         extra = hint or (
             "mixing a float64 schedule table into float32 images gives float64: "
             "cast with .to(x.dtype) or use schedule.gather(...)" if out.dtype == torch.float64 else ""
         )
-        raise AssertionError(f"{what} should have dtype {dtype}, got {out.dtype}.{_hint(extra)}")
+        raise _fail(f"{what} should have dtype {dtype}, got {out.dtype}.", extra)
     if device is not None and out.device != torch.device(device):
-        raise AssertionError(
-            f"{what} should be on {torch.device(device)} (the device of the input), got {out.device}."
-            f"{_hint(hint or 'create new tensors with device=x.device')}"
-        )
+        raise _fail(f"{what} should be on {torch.device(device)} (the device of the input), got {out.device}.",
+                    hint or "create new tensors with device=x.device")
     if finite and out.is_floating_point() and not bool(torch.isfinite(out).all()):
         bad = int((~torch.isfinite(out)).sum())
         extra = hint or "look for a division by zero or log(0)"
-        raise AssertionError(f"{what} has {bad} NaN/inf values.{_hint(extra)}")
+        raise _fail(f"{what} has {bad} NaN/inf values.", extra)
     return out
 
 
@@ -134,22 +136,21 @@ def expect_close(
     where = f" at index {list(torch.unravel_index(torch.tensor(idx), a.shape))}" if a.ndim else ""
     where = where.replace("tensor(", "").replace(")", "")
     matched = diagnose(actual, diagnoses, max(atol, 1e-4), max(rtol, 1e-4))  # a float32 slip still matches
-    raise AssertionError(
-        f"{what}: expected {fmt(e, around=idx) if a.ndim else fmt(expected)}, "
-        f"got {fmt(a, around=idx) if a.ndim else fmt(actual)} "
-        f"(largest difference {float(diff.max()):.3g}{where}).{_hint(matched or hint)}"
-    )
+    message = (f"{what}: expected {fmt(e, around=idx) if a.ndim else fmt(expected)}, "
+               f"got {fmt(a, around=idx) if a.ndim else fmt(actual)} "
+               f"(largest difference {float(diff.max()):.3g}{where}).")
+    if matched:  # a typical mistake's wrong answer: its hint names the mistake
+        raise Failure(message, matched)
+    raise AssertionError(message + _hint(hint))
 
 
 def expect_float(out: Any, what: str, *, hint: str = "") -> float:
     """Assert that ``out`` is a Python float (or int); return it as float."""
     if isinstance(out, Tensor):
-        raise AssertionError(
-            f"{what} should be a Python float, got a tensor{fmt(out) and ' ' + fmt(out)}."
-            f"{_hint(hint or 'return loss.item() / float(...)')}"
-        )
+        raise _fail(f"{what} should be a Python float, got a tensor{fmt(out) and ' ' + fmt(out)}.",
+                    hint or "return loss.item() / float(...)")
     if isinstance(out, bool) or not isinstance(out, (float, int)) and not hasattr(out, "__float__"):
-        raise AssertionError(f"{what} should be a Python float, got {type(out).__name__}.{_hint(hint)}")
+        raise _fail(f"{what} should be a Python float, got {type(out).__name__}.", hint)
     return float(out)
 
 
@@ -170,11 +171,11 @@ def on_student_side(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     the judge grades (:mod:`tests.judge`; ``fn`` then travels by value and must return plain data). For the few
     steps a check cannot take through a proxy: hooks, backward passes, autocast, in-place edits of parameters."""
     if any(type(a).__module__.startswith("tests.judge") for a in (*args, *kwargs.values())):
-        from tests.judge.remote import student_side
+        from tests.judge.remote import owner
 
-        remote = student_side(fn, *args, **kwargs)
-        if remote is not None:
-            return remote[0]
+        proc = owner(*args, *kwargs.values())
+        if proc is not None:
+            return proc.apply(fn, *args, **kwargs)
     return fn(*args, **kwargs)
 
 

@@ -64,6 +64,34 @@ class MissingDefinition(AttributeError):
         self.name = name
 
 
+class Failure(AssertionError):
+    """A failed check whose hint names the mistake behind the wrong answer: ``mistake`` is that hint, kept as a
+    record (the class report counts students by it; nobody parses the message)."""
+
+    def __init__(self, message: str, mistake: str) -> None:
+        super().__init__(f"{message} Hint: {mistake}")
+        self.mistake = mistake
+
+
+def finding(error: BaseException | None, skipped: bool = False) -> dict[str, str]:
+    """What became of one check, as a record: ``status`` (passed, skipped, failed, missing, timeout, crashed,
+    cheat), with ``mistake`` (the named mistake of a failure, if its check named one) or ``reason`` (a crash's
+    exception type, a cheat's kind)."""
+    if error is None:
+        return {"status": "skipped" if skipped else "passed"}
+    if isinstance(error, integrity.ReferenceUsed):
+        return {"status": "cheat", "reason": f"reference {error.how}"}
+    if isinstance(error, Tampered):
+        return {"status": "cheat", "reason": "grader replaced"}
+    if isinstance(error, (MissingDefinition, NotImplementedError)):
+        return {"status": "missing"}
+    if isinstance(error, CheckTimeout):
+        return {"status": "timeout"}
+    if isinstance(error, AssertionError):
+        return {"status": "failed", "mistake": getattr(error, "mistake", "")}
+    return {"status": "crashed", "reason": type(error).__name__}
+
+
 class CheckSkipped(Exception):  # noqa: N818 (reads as a state, like pytest's Skipped)
     """Raised by a check that cannot apply to this implementation (pytest skips, run_checks prints it)."""
 
@@ -268,9 +296,9 @@ def _inputs_kept(impl: Any, exercise: str, target: Any) -> Iterator[None]:
             with torch.no_grad():
                 t.data = b
         if changed:
-            raise AssertionError(
+            raise Failure(
                 f"your `{exercise}` changed its input in place ({len(changed)} tensor argument(s)): the caller still "
-                "needs them. Hint: build new tensors (x = x * a, torch.where, .clone()) instead of x.mul_(...), "
+                "needs them.", "build new tensors (x = x * a, torch.where, .clone()) instead of x.mul_(...), "
                 "x[...] = ... or x += ... on an argument")
         return out
 
@@ -313,6 +341,7 @@ def run_checks(
     timeout: float = 60.0,
     raise_on_failure: bool = True,
     tampered: Sequence[str] = (),
+    findings: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, str | None]:
     """Run every check of ``exercise`` against ``namespace``; print one line per check.
 
@@ -320,10 +349,13 @@ def run_checks(
     any check failed (so nbgrader scores the cell 0), unless ``raise_on_failure`` is False.
     ``hidden`` selects only the hidden checks (for nbgrader's hidden test cells). ``tampered`` names parts of the
     grader the notebook replaced (found by ``ddpm_ref.course.run_checks``): then no check runs and the cell fails.
+    ``findings``, when given, receives {check name: :func:`finding`} (what the class report counts).
     """
+    findings = {} if findings is None else findings
     if tampered:
         msg = tampered_message(list(tampered))
         print(f"  ✗ {exercise}: {msg}")
+        findings["grader"] = finding(Tampered(msg))
         if raise_on_failure:
             raise Tampered(f"{exercise}: {msg}")
         return {"grader": msg}
@@ -336,6 +368,7 @@ def run_checks(
     for fn in fns:
         name = check_name(fn)
         start = time.perf_counter()
+        error: BaseException | None = None
         try:
             with time_limit(timeout), isolated(impl, exercise):
                 fn(impl)
@@ -344,24 +377,27 @@ def run_checks(
         except integrity.ReferenceUsed as e:  # the same for every check: say it once, run no more
             for other in fns:
                 results[check_name(other)] = str(e)
+                findings[check_name(other)] = finding(e)
             print(f"  ✗ {exercise}: {e}")
             break
         except CheckSkipped as e:
             results[name] = None
+            findings[name] = finding(None, skipped=True)
             print(f"  – {name}: skipped ({e})")
+            continue
         except MissingDefinition as e:
-            results[name] = str(e)
-            print(f"  ✗ {name}: {results[name]}")
+            error, results[name] = e, str(e)
         except AssertionError as e:
-            results[name] = str(e) or "assertion failed"
-            print(f"  ✗ {name}: {results[name]}")
+            error, results[name] = e, str(e) or "assertion failed"
         except NotImplementedError as e:
+            error = e
             results[name] = (
                 f"raised NotImplementedError{_where(e)}: replace `raise NotImplementedError()` with your code"
             )
-            print(f"  ✗ {name}: {results[name]}")
         except Exception as e:  # a crash in student code is a failed check, with the place it broke
-            results[name] = f"raised {type(e).__name__}: {e}{_where(e)}"
+            error, results[name] = e, f"raised {type(e).__name__}: {e}{_where(e)}"
+        findings[name] = finding(error)
+        if error is not None:
             print(f"  ✗ {name}: {results[name]}")
     failed = [n for n, msg in results.items() if msg is not None]
     print(f"{exercise}: {len(fns) - len(failed)} passed, {len(failed)} failed")

@@ -73,7 +73,10 @@ _TRAMPOLINE = "__ddpm_course_tripwire__"
 
 
 class ReferenceUsed(AssertionError):  # noqa: N818 (reads as what happened)
-    """The student's definition is, or calls, the reference of its own exercise."""
+    """The student's definition is, or calls, the reference of its own exercise (``how``: is, subclasses, wraps
+    or calls)."""
+
+    how: str = "calls"
 
 
 # ------------------------------------------------------------------------------------------------ whose code
@@ -202,6 +205,13 @@ def is_reference(obj: Any, refs: list[Any]) -> str | None:
     return None
 
 
+def reference_used(exercise: str, how: str) -> ReferenceUsed:
+    """The refusal for ``exercise``'s definition that ``how`` (is, subclasses, wraps, calls) the reference."""
+    error = ReferenceUsed(message(exercise, how))
+    error.how = how
+    return error
+
+
 def message(exercise: str, how: str) -> str:
     allowed = ALLOWED.get(exercise)
     tail = f"earlier pieces such as {allowed} are fine" if allowed else "earlier pieces of the course are fine"
@@ -247,7 +257,7 @@ def guard_own_work(impl: Any, exercise: str, definition: Any) -> Iterator[None]:
     refs = reference_objects(exercise)
     how = is_reference(definition, refs)
     if how is not None:
-        raise ReferenceUsed(message(exercise, how))
+        raise reference_used(exercise, how)
     mine = student_code(vars(impl).values() if hasattr(impl, "__dict__") else ())
     if not mine:
         yield
@@ -260,7 +270,7 @@ def guard_own_work(impl: Any, exercise: str, definition: Any) -> Iterator[None]:
         while frame is not None:
             if frame.f_code in mine:
                 hits.append(exercise)
-                raise ReferenceUsed(message(exercise, "calls"))
+                raise reference_used(exercise, "calls")
             frame = frame.f_back
         return table[key](*args, **kwargs)
 
@@ -284,10 +294,10 @@ def guard_own_work(impl: Any, exercise: str, definition: Any) -> Iterator[None]:
             raise
         except BaseException:
             if hits:  # the student's code caught the refusal and failed some other way: say why
-                raise ReferenceUsed(message(exercise, "calls")) from None
+                raise reference_used(exercise, "calls") from None
             raise
         if hits:  # the refusal was caught by the student's code and the check passed anyway
-            raise ReferenceUsed(message(exercise, "calls"))
+            raise reference_used(exercise, "calls")
     finally:
         for fn, code, g, had in reversed(swapped):
             fn.__code__ = code

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,35 @@ class Handle:
 
     def __repr__(self) -> str:
         return f"<student's {self.type}>"
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+
+
+def mutable_objects(value: Any, skip: Callable[[Any], bool]) -> list[Any]:
+    """The objects a call may change, in a fixed order: tensors, generators, modules, optimizers and plain objects,
+    walked through lists, tuples and dicts. Both sides walk a call's arguments with this one function (the judge its
+    originals, the student's side their copies), so the two lists match item for item; ``skip`` leaves out the
+    student's own objects (they stay on the student's side)."""
+    found: list[Any] = []
+    seen: set[int] = set()
+
+    def walk(x: Any, depth: int) -> None:
+        if depth > 20 or id(x) in seen or skip(x):
+            return
+        if isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v, depth + 1)
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v, depth + 1)
+        elif isinstance(x, (torch.Tensor, torch.Generator, torch.nn.Module, torch.optim.Optimizer)) or (
+                hasattr(x, "__dict__") and not isinstance(x, type) and not callable(x)):
+            seen.add(id(x))
+            found.append(x)
+
+    walk(value, 0)
+    return found
 
 
 # ------------------------------------------------------------------------------------------------ framing

@@ -53,8 +53,8 @@ class RemoteError(Exception):
 
 
 def _error_type(name: str) -> type[BaseException]:
-    base = getattr(builtins, name, RuntimeError) if name in _KEPT else RuntimeError
-    return type(name, (base, RemoteError), {"__module__": "builtins"})
+    """``name`` (one of :data:`_KEPT`) as an exception type that is also a :class:`RemoteError`."""
+    return type(name, (getattr(builtins, name), RemoteError), {"__module__": "builtins"})
 
 
 def _test_modules() -> list[Any]:
@@ -83,29 +83,8 @@ def _dumps(value: Any) -> bytes:
 
 
 def mutable_objects(value: Any) -> list[Any]:
-    """The judge's objects a call may change, in the order the student's side lists their copies
-    (``runtime.Runtime.mutable_objects``: the same walk)."""
-    found: list[Any] = []
-    seen: set[int] = set()
-
-    def walk(x: Any, depth: int) -> None:
-        if depth > 20 or id(x) in seen or isinstance(x, RemoteObject):
-            return
-        if isinstance(x, (list, tuple)):
-            for v in x:
-                walk(v, depth + 1)
-            return
-        if isinstance(x, dict):
-            for v in x.values():
-                walk(v, depth + 1)
-            return
-        if isinstance(x, (torch.Tensor, torch.Generator, nn.Module, torch.optim.Optimizer)) or (
-                hasattr(x, "__dict__") and not isinstance(x, type) and not callable(x)):
-            seen.add(id(x))
-            found.append(x)
-
-    walk(value, 0)
-    return found
+    """The judge's objects a call may change, in the order the student's side lists their copies."""
+    return protocol.mutable_objects(value, lambda x: isinstance(x, RemoteObject))
 
 
 def _grads(obj: Any) -> Any:
@@ -182,9 +161,6 @@ class StudentProcess:
         self.deadline = float("inf")  # for answering the checks: set when the exercise's grading begins
         self.tmp = Path(tempfile.mkdtemp(prefix="ddpm-judge-"))
         package = Path(ddpm_ref.__file__).resolve().parent
-        (self.tmp / "grader").mkdir()
-        for name in ("protocol.py", "runtime.py"):
-            shutil.copy2(HERE / name, self.tmp / "grader" / name)
         work = self.tmp / "work"
         if folder is not None:
             shutil.copytree(folder, work, ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints",
@@ -195,7 +171,7 @@ class StudentProcess:
         cmd = sandbox.command(
             [sys.executable, "-u", str(GRADER / "runtime.py"), str(to_child), str(from_child)],
             cwd=WORK, binds=[(withhold.cached(exercise), package), (withhold.cached(exercise), LIB / "ddpm_ref"),
-                   (self.tmp / "grader", GRADER)],
+                   *[(HERE / name, GRADER / name) for name in ("protocol.py", "runtime.py")]],
             rw_binds=[(work, WORK)], limits=limits,
             env={"DDPM_FAST": "1", "NBGRADER_EXECUTION": "autograde", "DDPM_JUDGE_THREADS": "1",
                  "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{LIB}:{GRADER}"})
@@ -278,7 +254,7 @@ class StudentProcess:
             raise self._fail(f"the grading process of your `{self.exercise}` sent a malformed reply")
         tried = reply.get("withheld") if attempts else None
         if type(tried) is list and set(map(str, tried)) & {self.exercise, *withhold.ROUTES.get(self.exercise, ())}:
-            raise integrity.ReferenceUsed(integrity.message(self.exercise, "calls"))
+            raise integrity.reference_used(self.exercise, "calls")
         if "err" in reply:
             raise self._error(reply["err"])
         return reply
@@ -302,15 +278,10 @@ class StudentProcess:
         withheld = err.get("withheld")
         if withheld is not None and withheld in {self.exercise, *withhold.ROUTES.get(self.exercise, ())}:
             how = "subclasses" if err.get("how") == "subclasses" else "calls"
-            return integrity.ReferenceUsed(integrity.message(self.exercise, how))
-        cls = _error_type(str(err.get("type", "RuntimeError")))
-        if name not in _KEPT and cls is not _error_type("RuntimeError"):
-            cls = _error_type("RuntimeError")
-        text = msg if name == str(err.get("type")) else f"{name}: {msg}"
-        try:
-            e = cls(text)
-        except Exception:
-            e = _error_type("RuntimeError")(text)
+            return integrity.reference_used(self.exercise, how)
+        kind = str(err.get("type", "RuntimeError"))
+        text = msg if name == kind and kind in _KEPT else f"{name}: {msg}"
+        e = _error_type(kind if kind in _KEPT else "RuntimeError")(text)
         e.remote_where = str(err.get("where", ""))[:200]
         return e
 
@@ -370,16 +341,17 @@ class StudentProcess:
 
     def apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn`` (a check's helper, sent by value) on the student's side, on the student's objects."""
+        args = tuple(a._resolve() if hasattr(type(a), "_resolve") else a for a in args)
         return self.invoke("apply", fn, args, kwargs)
 
 
-def student_side(fn: Any, *args: Any, **kwargs: Any) -> Any | None:
-    """``fn(*args, **kwargs)`` run in the student's process when an argument is one of the student's objects
-    (``fn``, a check's helper, travels by value and returns data); None when no argument is."""
-    args = tuple(a._resolve() if hasattr(type(a), "_resolve") else a for a in args)
-    for a in (*args, *kwargs.values()):
-        if isinstance(a, RemoteObject):
-            return (a._proc.apply(fn, *args, **kwargs),)
+def owner(*values: Any) -> StudentProcess | None:
+    """The student's process holding one of ``values`` (a proxy, or the checks' ``impl.<exercise>``), if any."""
+    for value in values:
+        if hasattr(type(value), "_resolve"):
+            value = value._resolve()
+        if isinstance(value, RemoteObject):
+            return value._proc
     return None
 
 

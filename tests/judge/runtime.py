@@ -64,29 +64,8 @@ class Runtime:
     # -------------------------------------------------------------------------------------------- write-back
 
     def mutable_objects(self, value: Any) -> list[Any]:
-        """The objects a call may change, in a fixed order: tensors, generators, modules, optimizers, plain objects
-        (walked through lists, tuples and dicts; the student's own objects stay out: they live here anyway)."""
-        found: list[Any] = []
-        seen: set[int] = set()
-
-        def walk(x: Any, depth: int) -> None:
-            if depth > 20 or id(x) in seen or id(x) in self.from_handles:
-                return
-            if isinstance(x, (list, tuple)):
-                for v in x:
-                    walk(v, depth + 1)
-                return
-            if isinstance(x, dict):
-                for v in x.values():
-                    walk(v, depth + 1)
-                return
-            if isinstance(x, (torch.Tensor, torch.Generator, nn.Module, torch.optim.Optimizer)) or (
-                    hasattr(x, "__dict__") and not isinstance(x, type) and not callable(x)):
-                seen.add(id(x))
-                found.append(x)
-
-        walk(value, 0)
-        return found
+        """The copies a call may change (:func:`protocol.mutable_objects`; the student's objects stay out)."""
+        return protocol.mutable_objects(value, lambda x: id(x) in self.from_handles)
 
     @staticmethod
     def snapshot(obj: Any) -> Any:

@@ -183,7 +183,7 @@ class ProcessCap:
 
     def __init__(self, limit: int) -> None:
         self.limit, self.tripped, self.pid = limit, False, None
-        self.cgroup = self._cgroup(None, limit)
+        self.cgroup = self._cgroup(limit)
         self._stop = threading.Event()
 
     def wrap(self, cmd: Sequence[str]) -> list[str]:
@@ -198,8 +198,8 @@ class ProcessCap:
         threading.Thread(target=self._watch, daemon=True).start()
 
     @staticmethod
-    def _cgroup(pid: int | None, limit: int) -> Path | None:
-        """A new ``pids`` cgroup holding ``pid`` (None: an empty one), or None where none can be made."""
+    def _cgroup(limit: int) -> Path | None:
+        """A new, empty ``pids`` cgroup of at most ``limit`` tasks, or None where none can be made."""
         for base in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
             if not (base / "cgroup.procs").exists() or not os.access(base, os.W_OK):
                 continue
@@ -207,8 +207,6 @@ class ProcessCap:
             try:
                 group.mkdir()
                 (group / "pids.max").write_text(str(limit))
-                if pid is not None:
-                    (group / "cgroup.procs").write_text(str(pid))
                 return group
             except OSError:
                 with contextlib.suppress(OSError):
@@ -257,7 +255,7 @@ class ProcessCap:
 
 def cgroup_available() -> bool:
     """Whether this machine lets the grader make ``pids`` cgroups (else the watchdog keeps the limit)."""
-    group = ProcessCap._cgroup(None, 1)
+    group = ProcessCap._cgroup(1)
     if group is None:
         return False
     group.rmdir()
