@@ -1,4 +1,4 @@
-"""Command line: ``python -m ddpm_ref {train, sample, reconstruct, evaluate, demo, export, presets}`` (or ``ddpm``).
+"""Command line: ``python -m ddpm_ref {train, sample, reconstruct, evaluate, demo, export, presets, bench, grade}``.
 
 Every config field is an option of ``train`` (``--lr 5e-4``, ``--model-channels 32,64``, ``--data PATH``) and can
 also be set with ``--set key=value``. Bad input ends with one line, ``error: …``, and exit status 2
@@ -20,7 +20,7 @@ import torch
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = ("train", "sample", "reconstruct", "evaluate", "demo", "export", "presets", "bench")
+COMMANDS = ("train", "sample", "reconstruct", "evaluate", "demo", "export", "presets", "bench", "grade")
 
 
 class UsageError(Exception):
@@ -142,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_arguments as add_bench_arguments
 
     add_bench_arguments(sub.add_parser("bench", help="time training and sampling, each speed-up against fp32 eager"))
+
+    # grade: a class's submissions into nbgrader's gradebook, and the class report (ddpm_ref.grading)
+    from .grading.command import add_arguments as add_grade_arguments
+
+    add_grade_arguments(sub.add_parser("grade", help="autograde a class in parallel; report what it got wrong",
+                                       description="Grade a class with nbgrader (N submissions at a time, "
+                                                   "resumable) and report what it got wrong."))
     return parser
 
 
@@ -335,6 +342,12 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     run_and_print(args)
 
 
+def _cmd_grade(args: argparse.Namespace) -> int:
+    from .grading.command import main as grade
+
+    return grade(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m ddpm_ref`` and the ``ddpm`` console script; returns the exit status."""
     parser = build_parser()
@@ -345,11 +358,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
     handler = {"train": _cmd_train, "sample": _cmd_sample, "reconstruct": _cmd_reconstruct,
                "evaluate": _cmd_evaluate, "demo": _cmd_demo, "export": _cmd_export, "presets": _cmd_presets,
-               "bench": _cmd_bench}
+               "bench": _cmd_bench, "grade": _cmd_grade}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
-            handler[args.command](args)
+            status = handler[args.command](args)
     except (UsageError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, RuntimeError,
             OSError) as e:
         if args.debug:
@@ -357,4 +370,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0

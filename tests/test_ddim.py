@@ -14,7 +14,7 @@ import ddpm_ref as R
 from tests import _fixtures as fx
 from tests._asserts import Recorder, call, expect_close, expect_tensor, timesteps_summary
 from tests._fixtures import T, fixed_eps, gen, noise_reaching_schedule, noisy_inputs, seed_schedule
-from tests.harness import check
+from tests.harness import Failure, check
 
 
 def ddim_closed_form(s: R.NoiseSchedule, x_t: Tensor, t: int, t_prev: int, *, eta: float = 0.0, clip: bool = True,
@@ -84,9 +84,9 @@ def test_ddim_step_last_step_returns_x0(impl) -> None:
         try:
             out = _step(impl, x_t, 7, -1, s, eta=eta, noise=z)
         except (ValueError, TypeError, ZeroDivisionError) as e:  # √ of a negative number, complex numbers, …
-            raise AssertionError(
-                f"ddim_step(t=7, t_prev=-1, eta={eta}) raised {type(e).__name__}: {e}. Hint: {wrap}: use 1.0 when "
-                "t_prev < 0"
+            raise Failure(
+                f"ddim_step(t=7, t_prev=-1, eta={eta}) raised {type(e).__name__}: {e}.",
+                f"{wrap}: use 1.0 when t_prev < 0",
             ) from e
         expect_close(out, ddim_closed_form(s, x_t, 7, -1, eta=eta, noise=z), f"ddim_step(t=7, t_prev=-1, eta={eta})",
                      atol=1e-4, rtol=1e-4, diagnoses=[
@@ -138,17 +138,19 @@ def test_ddim_step_fresh_noise(impl) -> None:
     b = _step(impl, x_t, 200, 199, s, eta=1.0, clip_x0=False, generator=gen(0))
     c = _step(impl, x_t, 200, 199, s, eta=1.0, clip_x0=False, generator=gen(1))
     if not torch.equal(a, b) or torch.equal(a, c):
-        raise AssertionError(
+        raise Failure(
             "with η > 0 and no noise given, draw z from the generator: the same seed must give the same step and "
-            "another seed another one. Hint: torch.randn(x_t.shape, generator=generator)"
+            "another seed another one.",
+            "torch.randn(x_t.shape, generator=generator)",
         )
     sigma = float(s.posterior_variance[200].sqrt())  # η = 1 over one step: σ² = β̃_t
     z = (a.double() - ddim_closed_form(s, x_t, 200, 199, eta=1.0, clip=False)) / sigma
     m, sd = float(z.mean()), float(z.std())
     if abs(m) > 0.05 or abs(sd - 1) > 0.05:
-        raise AssertionError(
+        raise Failure(
             f"with η = 1 from t = 200 to 199, σ should be √β̃_200 = {sigma:.4f} and z ~ N(0, I); (x_prev − mean)/σ "
-            f"has mean {m:.3f} and std {sd:.3f}. Hint: σ = η·√((1 − ᾱ_prev)/(1 − ᾱ_t))·√(1 − ᾱ_t/ᾱ_prev)"
+            f"has mean {m:.3f} and std {sd:.3f}.",
+            "σ = η·√((1 − ᾱ_prev)/(1 − ᾱ_t))·√(1 − ᾱ_t/ᾱ_prev)",
         )
 
 
@@ -181,9 +183,10 @@ def test_ddim_sample_visits_timesteps(impl) -> None:
                 hint = "the default spacing is 'trailing' (it starts at T − 1)"
             else:
                 hint = f"visit ts = ddim_timesteps(schedule.T, steps, spacing) in order ({spacing!r} here)"
-            raise AssertionError(
+            raise Failure(
                 f"ddim_sample(steps=50{'' if spacing == 'trailing' else ', spacing=' + repr(spacing)}) should call the "
-                f"model at t = {timesteps_summary(expected)}; it called it at t = {timesteps_summary(ts)}. Hint: {hint}"
+                f"model at t = {timesteps_summary(expected)}; it called it at t = {timesteps_summary(ts)}.",
+                hint,
             )
 
 

@@ -23,7 +23,7 @@ import ddpm_ref as R
 from ddpm_ref.flow import TIME_SCALE, GaussianMixtureVelocity, flow_times
 from tests._asserts import call, expect_close, expect_tensor, fmt
 from tests._fixtures import expect_gaussian_samples, gen
-from tests.harness import check
+from tests.harness import Failure, check
 
 SHAPE = (6, 1, 4, 4)
 
@@ -162,8 +162,8 @@ def test_flow_matching_loss_value(impl) -> None:
     model = Probe()
     out = _loss(impl, model, x0, t=t, noise=noise)
     if not out.requires_grad:
-        raise AssertionError("the loss does not depend on the model's parameters (requires_grad is False). Hint: do "
-                             "not compute it under torch.no_grad() or detach it")
+        raise Failure("the loss does not depend on the model's parameters (requires_grad is False).",
+                      "do not compute it under torch.no_grad() or detach it")
     expect_close(out, loss_closed_form(x0, noise, t), f"flow_matching_loss with t = {t.tolist()}", atol=1e-5,
                  rtol=1e-4, diagnoses=[
                      (lambda: loss_closed_form(x0, noise, t, target_sign=-1.0),
@@ -210,8 +210,8 @@ def test_flow_matching_loss_draws_t_and_noise(impl) -> None:
         model = Probe()
         losses.append(float(_loss(impl, model, x0, generator=gen(seed)).detach()))
     if losses[0] != losses[1] or losses[0] == losses[2]:
-        raise AssertionError(f"with the same generator seed the loss should repeat and with another seed change; got "
-                             f"{losses}. Hint: draw t and ε from `generator`")
+        raise Failure(f"with the same generator seed the loss should repeat and with another seed change; got "
+                      f"{losses}.", "draw t and ε from `generator`")
     time_in = model.calls[0][1].reshape(-1)
     t = time_in / TIME_SCALE
     lo, hi, mean, frac_int = float(t.min()), float(t.max()), float(t.mean()), float((time_in % 1 == 0).double().mean())
@@ -220,15 +220,15 @@ def test_flow_matching_loss_draws_t_and_noise(impl) -> None:
             hint = "the network's time input must be TIME_SCALE·t = 1000·t (as in the samplers), not t itself"
         else:
             hint = "t = torch.rand(B, generator=generator): continuous and uniform on [0, 1], one per image"
-        raise AssertionError(
+        raise Failure(
             f"t should be uniform on [0, 1] and the network should see 1000·t; the 4000 network times / 1000 range "
             f"over [{lo:.4f}, {hi:.4f}] with mean {mean:.4f}"
-            + (", and they are whole numbers (integer timesteps)" if frac_int > 0.5 else "") + f". Hint: {hint}")
+            + (", and they are whole numbers (integer timesteps)" if frac_int > 0.5 else "") + ".", hint)
     # with x0 = 0 and a zero velocity the loss is mean(ε²), whatever the path and the time input
     value = float(_loss(impl, Probe(0.0, 0.0, 0.0), x0, generator=gen(2)).detach())
     if abs(value - 1) > 0.05:
-        raise AssertionError(f"with x0 = 0 and a model that returns 0 the loss is mean(ε²), ≈ 1 for ε ~ N(0, I); "
-                             f"yours is {value:.4f}. Hint: ε = torch.randn(x0.shape, generator=generator)")
+        raise Failure(f"with x0 = 0 and a model that returns 0 the loss is mean(ε²), ≈ 1 for ε ~ N(0, I); "
+                      f"yours is {value:.4f}.", "ε = torch.randn(x0.shape, generator=generator)")
 
 
 def gaussian_minimum_loss(mu: float, s: float, n: int = 20001) -> float:
@@ -253,10 +253,10 @@ def test_flow_matching_loss_minimised_by_the_exact_velocity(impl) -> None:
     value = float(_loss(impl, oracle, x0, generator=g).detach())
     best = gaussian_minimum_loss(0.3, 0.2)
     if abs(value - best) > 0.01:
-        raise AssertionError(
+        raise Failure(
             f"with the exact velocity field of N(0.3, 0.2²) data your loss is {value:.4f}; the least any velocity can "
-            f"reach is E_t[Var(ε − x0 | x_t)] = {best:.4f}. Hint: check the path (1 − t)·x0 + t·ε, the target ε − x0 "
-            "and the time input 1000·t")
+            f"reach is E_t[Var(ε − x0 | x_t)] = {best:.4f}.",
+            "check the path (1 − t)·x0 + t·ε, the target ε − x0 and the time input 1000·t")
 
 
 # ---------------------------------------------------------------------------------------- samplers (shared)
@@ -319,14 +319,14 @@ def test_euler_sample_calls_the_model_on_the_time_grid(impl) -> None:
         extra = ""
         if len(ts) == len(expected) + 1:
             extra = " (one call too many: the last step starts at t = 1/steps and lands on t = 0)"
-        raise AssertionError(f"euler_sample(steps=10) should call the model at times "
-                             f"{fmt(torch.tensor(expected), 10)}; it called it at {fmt(torch.tensor(ts), 11)}{extra}. "
-                             f"Hint: {_times_hint(ts, expected, 10)}")
+        raise Failure(f"euler_sample(steps=10) should call the model at times "
+                      f"{fmt(torch.tensor(expected), 10)}; it called it at {fmt(torch.tensor(ts), 11)}{extra}.",
+                      _times_hint(ts, expected, 10))
     x_start = model.calls[0][0]
     m, sd = float(x_start.mean()), float(x_start.std())
     if abs(m) > 0.1 or abs(sd - 1) > 0.08:
-        raise AssertionError(f"sampling should start from pure noise x_1 ~ N(0, I); the first input has mean {m:.3f} "
-                             f"and std {sd:.3f}. Hint: x = torch.randn(shape, generator=generator)")
+        raise Failure(f"sampling should start from pure noise x_1 ~ N(0, I); the first input has mean {m:.3f} "
+                      f"and std {sd:.3f}.", "x = torch.randn(shape, generator=generator)")
 
 
 @check("euler_sample")
@@ -385,8 +385,8 @@ def test_heun_sample_calls_the_model(impl) -> None:
             hint = "evaluate the corrector's velocity at the end of the step, t_next, not at t"
         elif len(ts) == len(expected) // 2:
             hint = "each Heun step calls the model twice: at (x, t) and at the predicted (x̃, t_next)"
-        raise AssertionError(f"heun_sample(steps=5) should call the model at times {fmt(torch.tensor(expected), 10)}; "
-                             f"it called it at {fmt(torch.tensor(ts), 10)}. Hint: {hint}")
+        raise Failure(f"heun_sample(steps=5) should call the model at times {fmt(torch.tensor(expected), 10)}; "
+                      f"it called it at {fmt(torch.tensor(ts), 10)}.", hint)
     x, xs = x1.double(), []
     for i, (t, t_next) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
         x_in, _ = model.calls[2 * i]

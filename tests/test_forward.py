@@ -11,7 +11,7 @@ import torch
 import ddpm_ref as R
 from tests._asserts import diagnose, expect_close, expect_tensor, fmt
 from tests._fixtures import MIXED_T, T, seed_schedule
-from tests.harness import check
+from tests.harness import Failure, check
 
 
 def images(b: int, seed: int, shape: tuple[int, ...] = (3, 8, 8), dtype: torch.dtype = torch.float32):
@@ -89,9 +89,10 @@ def test_q_sample_t0_is_almost_x0(impl) -> None:
         diff = float((out.double() - x0.double()).abs().max())
         hint = diagnose(out, _q_sample_diagnoses(s, x0, noise, t), 1e-4, 1e-4) or (
             "x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε with ᾱ_t = schedule.alpha_bars[t]")
-        raise AssertionError(
+        raise Failure(
             f"x_t at t=0 should be ≈ x0 (ᾱ_0 = 0.9999, so x_t = 0.99995·x0 + 0.01·ε, within 0.04 of x0); "
-            f"yours differs from x0 by up to {diff:.2g} (expected {fmt(expected)}, got {fmt(out)}). Hint: {hint}"
+            f"yours differs from x0 by up to {diff:.2g} (expected {fmt(expected)}, got {fmt(out)}).",
+            hint,
         )
 
 
@@ -109,7 +110,7 @@ def test_q_sample_general(impl) -> None:
                  atol=5e-5, rtol=1e-5, diagnoses=_q_sample_diagnoses(s, x0, noise, t),
                  hint="x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε with the alpha_bars of the schedule passed in")
     if not (torch.equal(x0, x0_copy) and torch.equal(noise, noise_copy)):
-        raise AssertionError("q_sample changed its inputs in place. Hint: avoid x0.mul_(...) / noise += ...")
+        raise Failure("q_sample changed its inputs in place.", "avoid x0.mul_(...) / noise += ...")
     out = impl.q_sample(x0, 250, torch.zeros_like(x0), s)
     expect_tensor(out, "q_sample(x0, t=250 (an int), noise=0)", shape=x0.shape, dtype=torch.float64)
     expect_close(out, s.alpha_bars[250].sqrt() * x0, "q_sample(x0, t=250, noise=0) (must be √ᾱ_250·x0)",
@@ -156,10 +157,11 @@ def test_predict_x0_inverts_q_sample(impl) -> None:
     bad = (out.double() - x0.double()).abs().flatten(1).amax(1)
     if bool((bad > 1e-4).any()):
         worst = int(bad.argmax())
-        raise AssertionError(
+        raise Failure(
             f"predict_x0 should undo q_sample and return x0, but at t={int(t[worst])} it is off by "
             f"{float(bad[worst]):.3g} "
-            f"(x0 {fmt(x0[worst])}, yours {fmt(out[worst])}). Hint: solve x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε for x0"
+            f"(x0 {fmt(x0[worst])}, yours {fmt(out[worst])}).",
+            "solve x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε for x0",
         )
 
 
@@ -216,9 +218,9 @@ def test_q_posterior_variance(impl) -> None:
     try:
         full = torch.broadcast_to(var, x0.shape)
     except RuntimeError:
-        raise AssertionError(
-            f"the variance of {label} should broadcast against x ([6, 3, 8, 8]), got shape {list(var.shape)}. "
-            "Hint: shape it [B, 1, 1, 1] (schedule.gather does)"
+        raise Failure(
+            f"the variance of {label} should broadcast against x ([6, 3, 8, 8]), got shape {list(var.shape)}.",
+            "shape it [B, 1, 1, 1] (schedule.gather does)",
         ) from None
     expect_tensor(var, f"the variance of {label}", dtype=x0.dtype, device=x0.device)
     b = per_sample(s.betas, MIXED_T)

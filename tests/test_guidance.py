@@ -25,7 +25,7 @@ from tests._asserts import (
     on_student_side,
     timesteps_summary,
 )
-from tests.harness import check
+from tests.harness import Failure, check
 
 NUM_CLASSES = 5  # the stand-in model's classes; its null label is 5
 
@@ -99,9 +99,10 @@ def _embed_call(module: nn.Module, labels: Tensor, num_classes: int, dim: int) -
         out = module(labels)
     except IndexError as e:
         if int(labels.max()) == num_classes:
-            raise AssertionError(
-                f"the null label ∅ = num_classes = {num_classes} raised IndexError ({e}). Hint: the null label "
-                f"needs its own row: a table of num_classes + 1 rows, nn.Embedding(num_classes + 1, dim)") from None
+            raise Failure(
+                f"the null label ∅ = num_classes = {num_classes} raised IndexError ({e}).",
+                "the null label needs its own row: a table of num_classes + 1 rows, nn.Embedding(num_classes + 1, dim)",
+            ) from None
         raise
     return expect_tensor(out, f"LabelEmbedding({num_classes}, {dim})(labels [{labels.shape[0]}])",
                          shape=(labels.shape[0], dim), dtype=torch.float32)
@@ -115,8 +116,8 @@ def test_LabelEmbedding_shapes_and_null_label(impl) -> None:
     out = _embed_call(module, labels, 10, 32)
     distinct = torch.cdist(out.detach().double(), out.detach().double())[~torch.eye(11, dtype=torch.bool)].min()
     if float(distinct) < 1e-6:
-        raise AssertionError("two different labels (or a label and ∅) got the same vector: every label, and the "
-                             "null label, needs its own learned vector. Hint: nn.Embedding(num_classes + 1, dim)")
+        raise Failure("two different labels (or a label and ∅) got the same vector: every label, and the "
+                      "null label, needs its own learned vector.", "nn.Embedding(num_classes + 1, dim)")
     again = _embed_call(module, torch.tensor([3, 10, 3, 0]), 10, 32)
     expect_close(again, out[[3, 10, 3, 0]], "the vectors of labels [3, 10, 3, 0]", atol=1e-6, rtol=1e-6,
                  hint="the same label must always give the same vector, whatever else is in the batch")
@@ -213,9 +214,9 @@ def test_drop_labels_extremes(impl) -> None:
     gone = _drop(impl, labels.clone(), 1.0, 10, 0)
     if not bool((gone == 10).all()):
         n = int((gone != 10).sum())
-        raise AssertionError(
-            f"with p_uncond = 1 every label should become the null label 10; {n} of 1000 did not. Hint: without "
-            "dropped labels the null label is never trained, and guidance then amplifies an untrained ε(x, ∅)")
+        raise Failure(
+            f"with p_uncond = 1 every label should become the null label 10; {n} of 1000 did not.",
+            "without dropped labels the null label is never trained, and guidance then amplifies an untrained ε(x, ∅)")
 
 
 @check("drop_labels")
@@ -226,13 +227,13 @@ def test_drop_labels_rate(impl) -> None:
     dropped = out == 10
     frac = float(dropped.double().mean())
     if frac == 0.0:
-        raise AssertionError("no label was dropped with p_uncond = 0.2: the null label is never trained, so "
-                             "ε(x_t, ∅) stays untrained noise and guidance amplifies it. Hint: replace each label by "
-                             "null_label where torch.rand(B, generator=generator) < p_uncond")
+        raise Failure("no label was dropped with p_uncond = 0.2: the null label is never trained, so "
+                      "ε(x_t, ∅) stays untrained noise and guidance amplifies it.",
+                      "replace each label by null_label where torch.rand(B, generator=generator) < p_uncond")
     if abs(frac - 0.2) > 0.01:
         hint = ("is the comparison the wrong way round (u > p_uncond drops 1 − p)?" if abs(frac - 0.8) < 0.01
                 else "each label is dropped independently with probability p_uncond")
-        raise AssertionError(f"with p_uncond = 0.2, {frac:.3f} of the labels became ∅. Hint: {hint}")
+        raise Failure(f"with p_uncond = 0.2, {frac:.3f} of the labels became ∅.", hint)
     if not torch.equal(out[~dropped], labels[~dropped]):
         raise AssertionError("labels that are not dropped must stay as they were")
 
@@ -243,8 +244,8 @@ def test_drop_labels_uses_the_generator(impl) -> None:
     labels = _many_labels(2000)
     a, b, c = (_drop(impl, labels.clone(), 0.5, 10, s) for s in (3, 3, 4))
     if not torch.equal(a, b) or torch.equal(a, c):
-        raise AssertionError("drop_labels should draw from the generator it is given: same seed, same result; "
-                             "another seed, another. Hint: torch.rand(labels.shape, generator=generator)")
+        raise Failure("drop_labels should draw from the generator it is given: same seed, same result; "
+                      "another seed, another.", "torch.rand(labels.shape, generator=generator)")
 
 
 @check("drop_labels")
@@ -439,9 +440,9 @@ def test_cfg_sample_w0_returns_the_mixture(impl) -> None:
         x = _cfg(impl, oracle, s, (n, 1, 2, 2), torch.full((n,), c), 0.0, seed=c)
         frac = float((x.flatten(1).mean(1) > 0).double().mean())
         if abs(frac - 0.7) > 0.045:
-            raise AssertionError(
+            raise Failure(
                 f"at w = 0 (unconditional) the samples asked for class {c} should follow the mixture, 70 % near "
-                f"+0.45; {frac:.3f} were. Hint: w = 0 means ε̂ = ε(x, ∅), the unconditional estimate")
+                f"+0.45; {frac:.3f} were.", "w = 0 means ε̂ = ε(x, ∅), the unconditional estimate")
 
 
 @check("cfg_sample")
@@ -460,10 +461,10 @@ def test_cfg_sample_w1_returns_each_class(impl) -> None:
         xc = x[labels == c]
         m, sd = float(xc.mean()), float(xc.std())
         if abs(m - mu) > 0.015 or abs(sd - 0.142) > 0.01:
-            raise AssertionError(
+            raise Failure(
                 f"at w = 1 the samples of class {c} should follow N({mu}, 0.15²) (std 0.142 after 200 DDPM steps); "
                 f"they have mean {m:.3f} and std "
-                f"{sd:.3f}. Hint: image i is guided towards labels[i]; w = 1 means ε̂ = ε(x, c)")
+                f"{sd:.3f}.", "image i is guided towards labels[i]; w = 1 means ε̂ = ε(x, c)")
 
 
 def _mean_distance_to_other_class(x: Tensor, labels: Tensor, means: tuple[float, float]) -> list[float]:
@@ -485,9 +486,9 @@ def test_cfg_sample_guidance_moves_away_from_the_other_class(impl) -> None:
     for c in (0, 1):
         d = [row[c] for row in dists]
         if not (d[1] - d[0] > 0.02 and d[2] - d[1] > 0.02):
-            raise AssertionError(
+            raise Failure(
                 f"class {c}: mean distance to the other class at w = 1, 2, 4 is {[round(v, 3) for v in d]}; it "
-                "should grow with w. Hint: ε̂ = ε(x, ∅) + w·(ε(x, c) − ε(x, ∅))")
+                "should grow with w.", "ε̂ = ε(x, ∅) + w·(ε(x, c) − ε(x, ∅))")
 
 
 @check("cfg_sample", hidden=True)
@@ -505,8 +506,8 @@ def test_cfg_sample_visits_every_t_once(impl) -> None:
             ts.append(int(t[0]))
     expected = list(range(49, -1, -1))
     if ts != expected:
-        raise AssertionError(f"the steps should run at t = {timesteps_summary(expected)}; they ran at t = "
-                             f"{timesteps_summary(ts)}. Hint: for t in reversed(range(schedule.T))")
+        raise Failure(f"the steps should run at t = {timesteps_summary(expected)}; they ran at t = "
+                      f"{timesteps_summary(ts)}.", "for t in reversed(range(schedule.T))")
 
 
 @check("cfg_sample", hidden=True)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 import ddpm_ref as R
 from tests._asserts import expect_close, expect_float, expect_tensor
 from tests._fixtures import T, seed_schedule
-from tests.harness import check
+from tests.harness import Failure, check
 
 
 class Probe(nn.Module):
@@ -69,7 +69,7 @@ def test_ddpm_loss_value(impl) -> None:
     if loss.dtype != torch.float32:
         raise AssertionError(f"ddpm_loss should be float32, got {loss.dtype}")
     if not model.calls:
-        raise AssertionError("ddpm_loss never called the model. Hint: eps_pred = model(x_t, t)")
+        raise Failure("ddpm_loss never called the model.", "eps_pred = model(x_t, t)")
     x_seen, t_seen = model.calls[0]
     x_t = (s.alpha_bars[t].sqrt().reshape(-1, 1, 1, 1) * x0 + (1 - s.alpha_bars[t]).sqrt().reshape(-1, 1, 1, 1) * noise)
     if x_seen.shape != x0.shape or not torch.equal(t_seen, t):
@@ -90,7 +90,7 @@ def test_ddpm_loss_value(impl) -> None:
         (((x_t.double() - pred) ** 2).mean(), "compare the model's output with the noise ε, not with x_t"),
     ], hint="L_simple = mean((ε − ε_θ(x_t, t))²) = F.mse_loss(model(x_t, t), noise)")
     if not loss.requires_grad:
-        raise AssertionError("ddpm_loss carries no gradient. Hint: do not call .item(), .detach() or torch.no_grad()")
+        raise Failure("ddpm_loss carries no gradient.", "do not call .item(), .detach() or torch.no_grad()")
     loss.backward()
     if model.w.grad is None or model.b.grad is None:
         raise AssertionError("the loss does not reach the model's parameters: compute it from model(x_t, t)")
@@ -106,20 +106,21 @@ def test_ddpm_loss_default_sampling(impl) -> None:
     expect_tensor(loss, "ddpm_loss(model, x0, schedule, generator=g)", shape=[])
     x_t, t = model.calls[-1]
     if int(t.min()) < 0 or int(t.max()) > T - 1:
-        raise AssertionError(f"t must lie in {{0, …, {T - 1}}}, got values from {int(t.min())} to {int(t.max())}. "
-                             f"Hint: torch.randint(0, T, (B,)) draws 0 … T−1")
+        raise Failure(f"t must lie in {{0, …, {T - 1}}}, got values from {int(t.min())} to {int(t.max())}.",
+                      "torch.randint(0, T, (B,)) draws 0 … T−1")
     distinct = int(t.unique().numel())
     if distinct < 200 or int(t.min()) > 20 or int(t.max()) < T - 20:
-        raise AssertionError(
+        raise Failure(
             f"t should be uniform on 0 … {T - 1}, one per sample; 512 draws gave {distinct} distinct values from "
-            f"{int(t.min())} to {int(t.max())}. Hint: torch.randint(0, schedule.T, (x0.shape[0],), generator=generator)"
+            f"{int(t.min())} to {int(t.max())}.",
+            "torch.randint(0, schedule.T, (x0.shape[0],), generator=generator)",
         )
     eps = recover_noise(x_t, t, x0, s)
     m, sd = float(eps.mean()), float(eps.std())
     if abs(m) > 0.05 or abs(sd - 1) > 0.05:
-        raise AssertionError(
-            f"the noise should be standard normal; it has mean {m:.3f} and std {sd:.3f}. "
-            "Hint: noise = torch.randn(x0.shape, generator=generator) (randn, not rand)"
+        raise Failure(
+            f"the noise should be standard normal; it has mean {m:.3f} and std {sd:.3f}.",
+            "noise = torch.randn(x0.shape, generator=generator) (randn, not rand)",
         )
     expected, _, _ = probe_loss_and_grads(0.5, 0.3, x_t, t, eps)
     expect_close(loss, expected, "ddpm_loss with t and noise drawn inside", atol=1e-5, rtol=1e-4,
@@ -128,10 +129,10 @@ def test_ddpm_loss_default_sampling(impl) -> None:
     again = float(impl.ddpm_loss(Probe(), x0, s, generator=torch.Generator().manual_seed(0)).detach())
     other = float(impl.ddpm_loss(Probe(), x0, s, generator=torch.Generator().manual_seed(1)).detach())
     if again != first or other == first:
-        raise AssertionError(
+        raise Failure(
             f"the same generator seed should give the same loss and another seed another one; got {first:.6g}, "
-            f"{again:.6g} (same seed), {other:.6g} (other seed). Hint: pass generator=generator to "
-            "torch.randint and torch.randn"
+            f"{again:.6g} (same seed), {other:.6g} (other seed).",
+            "pass generator=generator to torch.randint and torch.randn",
         )
 
 
@@ -148,8 +149,8 @@ def _run_step(impl, *, grad_clip: float | None, seed: int, steps: int = 1):
     outs = [impl.train_step(model, opt, x0, s, generator=torch.Generator().manual_seed(seed + 17 * k), **kwargs)
             for k in range(steps)]
     if len(model.calls) < steps:
-        raise AssertionError(f"train_step called the model {len(model.calls)} time(s) in {steps} step(s). "
-                             "Hint: loss = ddpm_loss(model, x0, schedule, ...), once per step")
+        raise Failure(f"train_step called the model {len(model.calls)} time(s) in {steps} step(s).",
+                      "loss = ddpm_loss(model, x0, schedule, ...), once per step")
     x_t, t = model.calls[0]
     eps = recover_noise(x_t, t, x0, s)
     loss, gw, gb = probe_loss_and_grads(0.5, 0.3, x_t, t, eps)
@@ -165,7 +166,7 @@ def test_train_step_returns_loss(impl) -> None:
     """Returns the loss of this step (before the update) as a Python float (loss.item())."""
     out, model, loss, _, _ = _run_step(impl, grad_clip=1e6, seed=0)
     if out is None:
-        raise AssertionError("train_step returned None. Hint: return loss.item()")
+        raise Failure("train_step returned None.", "return loss.item()")
     value = expect_float(out, "train_step's return value")
     x_t, t = model.calls[0]
     s = seed_schedule()
@@ -345,9 +346,10 @@ def test_train_step_trains_a_model(impl) -> None:
         hint = ("each step must clear the old gradients (zero_grad), compare the model's output with the noise ε, "
                 "not x0 (ddpm_loss), draw t uniformly from {0, …, T−1}, and clip before optimizer.step()")
     first, last = (sum(finite[:20]) / max(len(finite[:20]), 1), sum(finite[-20:]) / max(len(finite[-20:]), 1))
-    raise AssertionError(
+    raise Failure(
         f"a small U-Net trained by {OUTCOME_STEPS} of your train_step calls should sample faces with MS-SWD ≤ "
         f"{OUTCOME_PASS:.0f} at 16 px (a correct step reaches {quoted_range('correct')}, an untrained model "
         f"{quoted_range('untrained')}); yours scores "
-        f"{score:.1f} (mean loss {first:.3g} over the first 20 steps, {last:.3g} over the last 20). Hint: {hint}"
+        f"{score:.1f} (mean loss {first:.3g} over the first 20 steps, {last:.3g} over the last 20).",
+        hint,
     )

@@ -19,7 +19,7 @@ from torch import Tensor
 import ddpm_ref as R
 from tests._asserts import Recorder, call, expect_close, expect_float, expect_tensor, fmt, timesteps_summary
 from tests._fixtures import T, gen, seed_schedule
-from tests.harness import check
+from tests.harness import Failure, check
 
 SIX_DB = 20 * math.log10(2)  # 6.0206 dB: how much too low PSNR is when [−1, 1] images are scored as [0, 1]
 
@@ -49,8 +49,8 @@ def test_reconstruct_starts_at_t_start(impl) -> None:
             hint = "denoise from t_start down to 0, not upwards"
         else:
             hint = "for t in range(t_start, -1, -1): x = p_sample(model, x, t, schedule, ...)"
-        raise AssertionError(f"reconstruct(t_start=100) should call the model at t = {timesteps_summary(expected)}; "
-                             f"it called it at t = {timesteps_summary(ts)}. Hint: {hint}")
+        raise Failure(f"reconstruct(t_start=100) should call the model at t = {timesteps_summary(expected)}; "
+                      f"it called it at t = {timesteps_summary(ts)}.", hint)
     ab = s.alpha_bars[100]
     expect_close(model.calls[0][0], ab.sqrt() * x0.double() + (1 - ab).sqrt() * noise.double(),
                  "the first x_t the model sees", atol=1e-5, rtol=1e-5, diagnoses=[
@@ -75,10 +75,10 @@ def test_reconstruct_keeps_the_image(impl) -> None:
     err = (out - x0).abs().flatten(1).amax(1)
     if float(err.max()) > 1e-2:
         kept = int((err < 1e-2).sum())
-        raise AssertionError(
+        raise Failure(
             f"with data = constant images of ±0.6, reconstructing +0.6 from t_start = 150 should give +0.6 back; "
-            f"only {kept} of 200 did (worst off by {float(err.max()):.3g}). Hint: noise x0 to t_start "
-            "(q_sample), then denoise from t_start, not from T − 1"
+            f"only {kept} of 200 did (worst off by {float(err.max()):.3g}).",
+            "noise x0 to t_start (q_sample), then denoise from t_start, not from T − 1",
         )
 
 
@@ -115,8 +115,8 @@ def test_psnr_identical_is_inf(impl) -> None:
         warnings.simplefilter("ignore", RuntimeWarning)
         value = expect_float(impl.psnr(x, x.clone()), "psnr(x, x)")
     if value != math.inf:
-        raise AssertionError(f"psnr of identical images should be inf (the MSE is 0), got {value}. "
-                             "Hint: 10·log10(1/MSE) with MSE = 0 is +inf; skimage's peak_signal_noise_ratio returns it")
+        raise Failure(f"psnr of identical images should be inf (the MSE is 0), got {value}.",
+                      "10·log10(1/MSE) with MSE = 0 is +inf; skimage's peak_signal_noise_ratio returns it")
 
 
 @check("psnr")

@@ -31,7 +31,7 @@ from tests._fixtures import (
     seed_schedule,
     two_point_oracle,
 )
-from tests.harness import check
+from tests.harness import Failure, check
 
 
 def step_closed_form(s: R.NoiseSchedule, x_t: Tensor, t: Tensor, noise: Tensor, *, clip: bool = True,
@@ -129,17 +129,19 @@ def test_p_sample_fresh_noise(impl) -> None:
     b = _p_sample(impl, model, x_t, t, s, generator=gen(0))
     c = _p_sample(impl, model, x_t, t, s, generator=gen(1))
     if not torch.equal(a, b) or torch.equal(a, c):
-        raise AssertionError(
+        raise Failure(
             "p_sample should draw its noise from the generator it is given: the same seed must give the same step "
-            "and another seed another step. Hint: z = torch.randn(x_t.shape, generator=generator)"
+            "and another seed another step.",
+            "z = torch.randn(x_t.shape, generator=generator)",
         )
     sigma = float(s.posterior_variance[200].sqrt())
     z = (a.double() - step_closed_form(s, x_t, t, torch.zeros_like(x_t))) / sigma
     m, sd = float(z.mean()), float(z.std())
     if abs(m) > 0.05 or abs(sd - 1) > 0.05:
-        raise AssertionError(
+        raise Failure(
             f"the noise of a step should be σ_t·z with z ~ N(0, I) (σ_200 = {sigma:.4f}); (x_{{t−1}} − μ̃)/σ_t has mean "
-            f"{m:.3f} and std {sd:.3f}. Hint: torch.randn (not rand), times √β̃_t"
+            f"{m:.3f} and std {sd:.3f}.",
+            "torch.randn (not rand), times √β̃_t",
         )
 
 
@@ -178,9 +180,10 @@ def test_p_sample_chain_returns_the_data(impl) -> None:
     expect_tensor(x, "the end of the chain", shape=[2000, 1, 2, 2])
     m, sd = float(x.mean()), float(x.std())
     if abs(m - 0.3) > 0.01 or abs(sd - 0.2) > 0.015:
-        raise AssertionError(
+        raise Failure(
             f"running your p_sample from t = 399 to 0 with the exact noise predictor of N(0.3, 0.2²) data gave "
-            f"mean {m:.4f} and std {sd:.4f}. Hint: check the posterior mean, σ_t and the noise"
+            f"mean {m:.4f} and std {sd:.4f}.",
+            "check the posterior mean, σ_t and the noise",
         )
 
 
@@ -211,16 +214,18 @@ def test_sample_visits_every_t_in_order(impl) -> None:
             hint = "start at t = T − 1 (timesteps are 0-based), not T − 2"
         else:
             hint = "for t in reversed(range(schedule.T)): x = p_sample(model, x, t, schedule, ...)"
-        raise AssertionError(
+        raise Failure(
             f"the model should be called at t = {timesteps_summary(expected)}; it was called at t = "
-            f"{timesteps_summary(ts)}. Hint: {hint}"
+            f"{timesteps_summary(ts)}.",
+            hint,
         )
     x_start = model.calls[0][0]
     m, sd = float(x_start.mean()), float(x_start.std())
     if abs(m) > 0.15 or abs(sd - 1) > 0.1:
-        raise AssertionError(
+        raise Failure(
             f"the chain should start from pure noise x_{{T−1}} ~ N(0, I); the first x_t has mean {m:.3f} and std "
-            f"{sd:.3f}. Hint: x = torch.randn(shape, generator=generator)"
+            f"{sd:.3f}.",
+            "x = torch.randn(shape, generator=generator)",
         )
 
 
@@ -271,10 +276,10 @@ def test_sample_draws_faces_from_a_trained_model(impl) -> None:
         return
     with torch.random.fork_rng():
         ref = outcome_samples_score(R.sample(model, schedule, shape, generator=gen(1), progress=False))
-    raise AssertionError(
+    raise Failure(
         f"samples of a trained U-Net drawn by your sample() should score MS-SWD ≤ {OUTCOME_PASS:.0f} at 16 px against "
-        f"the training faces (the reference sampler, same model and noise seed: {ref:.1f}); yours score {score:.1f}. "
-        "Hint: start from N(0, I) at t = T−1, apply p_sample at every t down to 0, and return the last x"
+        f"the training faces (the reference sampler, same model and noise seed: {ref:.1f}); yours score {score:.1f}.",
+        "start from N(0, I) at t = T−1, apply p_sample at every t down to 0, and return the last x",
     )
 
 

@@ -12,7 +12,7 @@ import torch
 
 import ddpm_ref as R
 from tests._asserts import expect_close, expect_tensor
-from tests.harness import check
+from tests.harness import Failure, check
 
 SEED_T = 400  # the seed run: T=400, linear β from 1e-4 to 0.02
 
@@ -201,12 +201,11 @@ def test_NoiseSchedule_posterior_variance(impl) -> None:
         var = _table(sched, "posterior_variance", T, label)
         b, ab, prev = _t64(betas), exp["alpha_bars"], exp["alpha_bars_prev"]
         if abs(float(var[0])) > 1e-12:
-            raise AssertionError(
-                f"{label}.posterior_variance[0] should be 0 (at t=0 the posterior is x0 itself), "
-                f"got {float(var[0]):.4g}."
-                + (" Hint: that is β_0: the posterior variance is β̃_t = β_t(1 − ᾱ_{t−1})/(1 − ᾱ_t), not β_t"
-                   if math.isclose(float(var[0]), betas[0]) else "")
-            )
+            msg = (f"{label}.posterior_variance[0] should be 0 (at t=0 the posterior is x0 itself), "
+                   f"got {float(var[0]):.4g}.")
+            if math.isclose(float(var[0]), betas[0]):
+                raise Failure(msg, "that is β_0: the posterior variance is β̃_t = β_t(1 − ᾱ_{t−1})/(1 − ᾱ_t), not β_t")
+            raise AssertionError(msg)
         expect_close(var, exp["posterior_variance"], f"{label}.posterior_variance", atol=1e-12, rtol=1e-9, diagnoses=[
             (b, "that is β_t; the posterior variance is β̃_t = β_t(1 − ᾱ_{t−1})/(1 − ᾱ_t)"),
             (b * (1 - ab) / (1 - prev).clamp_min(1e-300), "the ratio is upside down: (1 − ᾱ_{t−1})/(1 − ᾱ_t)"),

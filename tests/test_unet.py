@@ -24,7 +24,7 @@ from tests._asserts import (
     nudge_parameters,
     on_student_side,
 )
-from tests.harness import CheckSkipped, check
+from tests.harness import CheckSkipped, Failure, check
 
 BATCHNORM_HINT = (
     "a batch holds images at different noise levels, and BatchNorm normalises across them, so one sample "
@@ -112,9 +112,10 @@ def _batch_independence(run, make_inputs, label: str, module: nn.Module, hint: s
         expect_tensor(a, label, shape=b.shape)
         drift = max(_changed(a[0], b[0]), _changed(a[2], b[2]))
         if drift > 1e-5:
-            raise AssertionError(
+            raise Failure(
                 f"{label} in {mode} mode: changing sample 1 of the batch changed samples 0 and 2 by up to {drift:.3g}; "
-                f"every sample must be processed on its own. Hint: {hint}"
+                f"every sample must be processed on its own.",
+                hint,
             )
     module.eval()
 
@@ -130,9 +131,10 @@ def _gradient_report(module: nn.Module, *inputs: Tensor) -> tuple[list[str], lis
 def _every_parameter_gets_a_gradient(module: nn.Module, inputs: tuple[Tensor, ...], label: str) -> None:
     missing, bad = on_student_side(_gradient_report, module, *inputs)
     if missing:
-        raise AssertionError(
+        raise Failure(
             f"{label}: {len(missing)} parameter(s) get no gradient: {', '.join(missing[:6])}"
-            f"{', …' if len(missing) > 6 else ''}. Hint: a layer created in __init__ is never used in forward"
+            f"{', …' if len(missing) > 6 else ''}.",
+            "a layer created in __init__ is never used in forward",
         )
     if bad:
         raise AssertionError(f"{label}: NaN/inf gradients in {', '.join(bad[:6])}")
@@ -178,10 +180,11 @@ def test_ResBlock_uses_time_embedding(impl) -> None:
         a, b = block(x, emb), block(x, emb2)
     per_sample = (a.double() - b.double()).abs().flatten(1).amax(1)
     if bool((per_sample < 1e-4).any()):
-        raise AssertionError(
+        raise Failure(
             f"ResBlock ignores the time embedding: changing emb changed the output by only {fmt(per_sample)} "
-            "per sample. Hint: project emb with a Linear (E → 2·C_out) after SiLU and use it as scale and shift "
-            "on the second GroupNorm's output: h = GN(h)·(1 + scale) + shift"
+            "per sample.",
+            "project emb with a Linear (E → 2·C_out) after SiLU and use it as scale and shift "
+            "on the second GroupNorm's output: h = GN(h)·(1 + scale) + shift",
         )
 
 
@@ -293,11 +296,11 @@ def test_SelfAttention_global_mixing(impl) -> None:
     with torch.no_grad():
         a, b = attn(x), attn(x2)
     if _changed(a, x) < 1e-6:
-        raise AssertionError("SelfAttention returns its input unchanged. Hint: out = x + proj(attention(x))")
+        raise Failure("SelfAttention returns its input unchanged.", "out = x + proj(attention(x))")
     if _changed(a[:, :, 5, 5], b[:, :, 5, 5]) < 1e-6:
-        raise AssertionError(
-            "SelfAttention is local: changing the input at pixel (0, 0) did not change the output at (5, 5). "
-            "Hint: attend over all H·W positions: q, k, v of shape [B, H·W, C], softmax(q·kᵀ/√d) over the keys"
+        raise Failure(
+            "SelfAttention is local: changing the input at pixel (0, 0) did not change the output at (5, 5).",
+            "attend over all H·W positions: q, k, v of shape [B, H·W, C], softmax(q·kᵀ/√d) over the keys",
         )
 
 
@@ -388,9 +391,9 @@ def test_UNet_depends_on_t(impl) -> None:
         a = model(x, torch.tensor([0, 0]))
         b = model(x, torch.tensor([399, 399]))
     if _changed(a, b) < 1e-4:
-        raise AssertionError(
-            f"UNet ignores t: t = 0 and t = 399 gave outputs that differ by {_changed(a, b):.2g}. Hint: embed t "
-            "(sinusoidal embedding → Linear → SiLU → Linear) and pass the embedding to every ResBlock"
+        raise Failure(
+            f"UNet ignores t: t = 0 and t = 399 gave outputs that differ by {_changed(a, b):.2g}.",
+            "embed t (sinusoidal embedding → Linear → SiLU → Linear) and pass the embedding to every ResBlock",
         )
 
 
@@ -430,7 +433,7 @@ def _bottleneck_size(model: nn.Module, x: Tensor, t: Tensor, label: str) -> tupl
         raise AssertionError(f"{label} has no module `mid_attn`: name the bottleneck self-attention self.mid_attn")
     seen, out = recorded
     if not seen:
-        raise AssertionError(f"{label}: self.mid_attn is never called. Hint: h = mid2(mid_attn(mid1(h, emb)), emb)")
+        raise Failure(f"{label}: self.mid_attn is never called.", "h = mid2(mid_attn(mid1(h, emb)), emb)")
     return seen[0], out
 
 
@@ -441,9 +444,10 @@ def test_UNet_bottleneck_attention(impl) -> None:
     x, t = _unet_inputs(2)(0)
     shape, _ = _bottleneck_size(model, x, t, "UNet(in_channels=1, channels=(32, 64))")
     if shape != [2, 64, 6, 6]:
-        raise AssertionError(
+        raise Failure(
             f"mid_attn should see the bottleneck [2, 64, 6, 6] (24 / 2² after two downsamples, 64 channels), "
-            f"got {shape}. Hint: downsample once per level, then mid1 → mid_attn → mid2"
+            f"got {shape}.",
+            "downsample once per level, then mid1 → mid_attn → mid2",
         )
 
 

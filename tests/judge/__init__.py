@@ -55,6 +55,7 @@ class Verdict:
     text: str
     error: str = ""
     results: dict[str, str | None] = field(default_factory=dict)  # check name → None (passed) or its message
+    findings: dict[str, dict[str, str]] = field(default_factory=dict)  # check name → harness.finding(...)
 
 
 def _run_checks_call(source: str) -> tuple[str, bool] | None:
@@ -130,11 +131,12 @@ class _Session:
         if self.proc is not None:
             self.last_error = self.proc.dead or ""
             if self.restarts >= RESTARTS or not self.proc.loaded:  # cells that hang or crash would do it again
-                raise remote.StudentProcessError(self.last_error)
+                raise remote.StudentProcessError(self.last_error, self.proc.dead_status)
             self.restarts += 1
         left = self.deadline - time.monotonic()
         if left <= 1:
-            raise remote.StudentProcessError(self.last_error or f"`{self.exercise}` used up its grading time")
+            raise remote.StudentProcessError(self.last_error or f"`{self.exercise}` used up its grading time",
+                                             "timeout")
         self.proc = remote.StudentProcess(self.exercise, self.cells, self.folder, load_budget=min(LOAD_BUDGET_S, left),
                                           limits=self.limits)
         self.proc.deadline = self.deadline
@@ -248,15 +250,18 @@ def _grade(session: _Session, hidden: tuple[bool, ...]) -> dict[bool, Verdict]:
         if not any(f.hidden == which for f in harness.REGISTRY.get(exercise, [])):
             continue
         out = io.StringIO()
+        findings: dict[str, dict[str, str]] = {}
         with _printing_to(out):
             try:
-                results = harness.run_checks(exercise, impl, hidden=which, raise_on_failure=False)
+                results = harness.run_checks(exercise, impl, hidden=which, raise_on_failure=False,
+                                             findings=findings)
             except Exception as e:  # the judge's own failure: the cell fails and says so
                 results = {"judge": f"{type(e).__name__}: {e}"}
+                findings = {"judge": {"status": "crashed", "reason": f"grader: {type(e).__name__}"}}
                 print(f"  ✗ the grader failed: {type(e).__name__}: {e}")
         failed = [n for n, msg in results.items() if msg is not None]
         error = f"{exercise}: {len(failed)} check(s) failed: {', '.join(failed)}" if failed else ""
-        verdicts[which] = Verdict(not failed, out.getvalue(), error, results)
+        verdicts[which] = Verdict(not failed, out.getvalue(), error, results, findings)
     return verdicts
 
 

@@ -29,7 +29,8 @@ from nbformat.v4 import new_output
 from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Bool, Integer
 
-from tests.judge import judge_notebook, plan, sandbox
+from ddpm_ref.grading.records import FINDINGS_MIME
+from tests.judge import check_cells, judge_notebook, plan, sandbox
 from tests.judge.remote import LIB, WORK
 
 #: the environment variable that tells the lessons' check cells that the judge scores them
@@ -114,7 +115,8 @@ class StartJudging(NbGraderPreprocessor):
 
 
 class JudgeChecks(NbGraderPreprocessor):
-    """Scores every check cell from the judge's verdict: its printed lines, and an error when a check failed."""
+    """Scores every check cell from the judge's verdict: its printed lines, the findings as a record (an output
+    of type :data:`ddpm_ref.grading.records.FINDINGS_MIME`, for the class report), and an error if a check failed."""
 
     def preprocess(self, nb: Any, resources: dict) -> tuple[Any, dict]:
         future = resources.pop("ddpm_judge", None)
@@ -125,12 +127,16 @@ class JudgeChecks(NbGraderPreprocessor):
         else:
             verdicts, seconds = future.result()
         self.log.info("judged %d check cells in %.1f s", len(verdicts), seconds)
+        cells = {c.grade_id: c for c in check_cells(nb)}
         for cell in nb.cells:
             grade_id = (cell.get("metadata", {}).get("nbgrader") or {}).get("grade_id")
             if grade_id not in verdicts:
                 continue
             verdict = verdicts[grade_id]
-            cell.outputs = [new_output("stream", name="stdout", text=verdict.text)]
+            record = {"exercise": cells[grade_id].exercise, "hidden": cells[grade_id].hidden,
+                      "checks": verdict.findings}
+            cell.outputs = [new_output("stream", name="stdout", text=verdict.text),
+                            new_output("display_data", data={FINDINGS_MIME: record})]
             if not verdict.passed:
                 cell.outputs.append(new_output("error", ename="CheckFailed", evalue=verdict.error,
                                                traceback=[f"CheckFailed: {verdict.error}"]))

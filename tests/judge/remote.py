@@ -43,7 +43,12 @@ _KEPT = {"NotImplementedError", "TypeError", "ValueError", "RuntimeError", "Inde
 
 
 class StudentProcessError(AssertionError):
-    """The student's process died, hung or broke the protocol: the check it was serving fails."""
+    """The student's process died, hung or broke the protocol: the check it was serving fails (``finding``: the
+    record the class report counts, status crashed or timeout)."""
+
+    def __init__(self, message: str, status: str = "crashed") -> None:
+        super().__init__(message)
+        self.finding = {"status": status, "reason": "the notebook's process"}
 
 
 class RemoteError(Exception):
@@ -182,6 +187,7 @@ class StudentProcess:
         os.close(to_child)
         os.close(from_child)
         self.dead: str | None = None
+        self.dead_status = "crashed"  # or "timeout": how the process ended, for the class report
         self.calls: dict[int, list[Any]] = {}
         self._loading = True  # the cells load while the judge does other work; the first request waits for them
         self._loading_reply = False
@@ -207,10 +213,10 @@ class StudentProcess:
 
     # -------------------------------------------------------------------------------------------- transport
 
-    def _fail(self, why: str) -> StudentProcessError:
+    def _fail(self, why: str, status: str = "crashed") -> StudentProcessError:
         self.close()
-        self.dead = why
-        return StudentProcessError(why)
+        self.dead, self.dead_status = why, status
+        return StudentProcessError(why, status)
 
     def _read(self) -> bytes:
         loading = self._loading_reply
@@ -220,7 +226,7 @@ class StudentProcess:
                f"your `{self.exercise}` used up its grading time: is there an endless loop?")
         ready, _, _ = select.select([self._rfd], [], [], max(0.0, left))  # a reply already there still counts
         if not ready:
-            raise self._fail(why)
+            raise self._fail(why, "timeout")
         return protocol.read_frame(self._rfd)
 
     def request(self, op: str, *args: Any) -> Any:
@@ -230,7 +236,7 @@ class StudentProcess:
 
     def _send(self, op: str, *args: Any) -> None:
         if self.dead is not None:
-            raise StudentProcessError(self.dead)
+            raise StudentProcessError(self.dead, self.dead_status)
         try:
             protocol.write_frame(self._wfd, _dumps((op, *args)))
         except OSError:
@@ -238,7 +244,7 @@ class StudentProcess:
 
     def _receive(self, attempts: bool = True) -> Any:
         if self.dead is not None:
-            raise StudentProcessError(self.dead)
+            raise StudentProcessError(self.dead, self.dead_status)
         try:
             reply = protocol.decode(self._read())
         except StudentProcessError:
@@ -248,7 +254,7 @@ class StudentProcess:
         except protocol.ProtocolError as e:
             raise self._fail(f"the grading process of your `{self.exercise}` sent a malformed reply ({e})") from None
         except BaseException:  # a check's time limit (SIGALRM) mid-request: this process's state is unknown
-            self._fail(f"your `{self.exercise}` was stopped at a check's time limit")
+            self._fail(f"your `{self.exercise}` was stopped at a check's time limit", "timeout")
             raise
         if type(reply) is not dict:
             raise self._fail(f"the grading process of your `{self.exercise}` sent a malformed reply")

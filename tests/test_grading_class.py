@@ -1,0 +1,161 @@
+"""Grading a class: the synthetic class of ``tests/synthetic_class.py`` (14 submissions of lesson 1: the solution, a
+blank, correct variants, typical mistakes, cheats, a pasted reference, a notebook that loops and one that kills its
+kernel), graded three ways in three course folders:
+
+* in parallel, ``python -m ddpm_ref grade run 01_noise_schedule --jobs 2``;
+* sequentially, ``nbgrader autograde 01_noise_schedule`` (the baseline);
+* in parallel, killed (SIGKILL, the whole process group) once some submissions are graded, then started again.
+
+All three must end with the same gradebook (every grade, comment, penalty and timestamp) and the same
+``nbgrader export``; the resumed run grades only what the killed one left. The class report of the parallel run
+counts what was planted. Marked ``slow`` (about 6 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests._course import ROOT
+from tests.mistakes import CHEATS, hidden_checks
+from tests.synthetic_class import LESSON, Planted, build
+
+pytestmark = pytest.mark.slow
+
+STUDENTS = 14
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, DDPM_COURSE_ROOT=str(ROOT), DDPM_PROGRESS="log")
+    env.pop("NBGRADER_EXECUTION", None)
+    env.pop("DDPM_FAST", None)
+    return env
+
+
+def _run(course: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], cwd=course, env=_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"`{' '.join(args)}` failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def gradebook(course: Path) -> dict[str, dict]:
+    """Everything autograde records, per student: the timestamp, and per notebook its late penalty, every grade
+    (automatic score, manual score, needs manual grade) and every comment."""
+    from nbgrader.api import Gradebook
+
+    rows: dict[str, dict] = {}
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        for sub in gb.assignment_submissions(LESSON):
+            rows[sub.student_id] = {"timestamp": sub.timestamp, "notebooks": {nb.name: {
+                "penalty": nb.late_submission_penalty,
+                "grades": {g.name: (g.auto_score, g.manual_score, g.needs_manual_grade) for g in nb.grades},
+                "comments": {c.name: (c.auto_comment, c.manual_comment) for c in nb.comments},
+            } for nb in sub.notebooks}}
+    return rows
+
+
+def export(course: Path) -> list[dict[str, str]]:
+    """``nbgrader export``'s rows, sorted by student."""
+    _run(course, "-m", "nbgrader", "export", "--to", "grades.csv", timeout=300)
+    with open(course / "grades.csv", newline="") as f:
+        return sorted(csv.DictReader(f), key=lambda r: r["student_id"])
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    course, _ = build(tmp_path_factory.mktemp("sequential"))
+    _run(course, "-m", "nbgrader", "autograde", LESSON, timeout=1500)
+    return course
+
+
+@pytest.fixture(scope="module")
+def parallel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Planted], str]:
+    course, planted = build(tmp_path_factory.mktemp("parallel"))
+    proc = _run(course, "-m", "ddpm_ref", "grade", "run", LESSON, "--jobs", "2", timeout=1500)
+    return course, planted, proc.stdout + proc.stderr
+
+
+def _graded(course: Path) -> int:
+    return sum(1 for d in (course / "autograded").glob(f"*/{LESSON}") if d.is_dir())
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str]:
+    """A run killed once at least 4 submissions are graded, then started again: (course, graded when killed,
+    what the second run said)."""
+    course, _ = build(tmp_path_factory.mktemp("resumed"))
+    cmd = [sys.executable, "-m", "ddpm_ref", "grade", "run", LESSON, "--jobs", "2"]
+    proc = subprocess.Popen(cmd, cwd=course, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 900
+    try:
+        while _graded(course) < 4 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done = _graded(course)
+    again = _run(course, "-m", "ddpm_ref", "grade", "run", LESSON, "--jobs", "2", timeout=1500)
+    return course, done, again.stdout
+
+
+def test_parallel_grading_writes_what_nbgrader_writes(parallel, sequential) -> None:
+    course, _, said = parallel
+    assert f"graded {STUDENTS} submission(s)" in said, said[-2000:]
+    got, want = gradebook(course), gradebook(sequential)
+    assert len(want) == STUDENTS, f"the sequential run graded {len(want)} submissions, not {STUDENTS}"
+    wrong = [f"{s}: parallel {got.get(s)}\n   sequential {want[s]}" for s in sorted(want) if got.get(s) != want[s]]
+    assert not wrong and set(got) == set(want), "\n".join(wrong) or f"students {sorted(set(got) ^ set(want))}"
+    assert export(course) == export(sequential), "nbgrader export differs between parallel and sequential grading"
+
+
+def _expected_score(p: Planted, points: dict[str, float]) -> float:
+    """What ``p`` must score: full marks on an exercise whose code is right (the solution, a variant, the pasted
+    reference), nothing on one left unfinished, cheated or broken by a loop or a crash; and for a planted mistake,
+    the points of the check cells it does not break."""
+    if p.student == "ada":
+        return sum(points.values())
+    right = {x for x, src in p.edits.items() if p.honest and "while True" not in src and "os.kill" not in src}
+    right |= {p.pasted} - {""}
+    score = sum(v for cell, v in points.items() for x in right if cell in (f"check_{x}", f"check_{x}_hidden"))
+    for m in p.mistakes:
+        if m in CHEATS:  # a trick on an unfinished exercise: nothing to score
+            continue
+        hidden = hidden_checks(m)
+        if not set(m.breaks) - hidden:
+            score += points[f"check_{m.exercise}"]
+        if not hidden:
+            score += points.get(f"check_{m.exercise}_hidden", 0.0)
+    return score
+
+
+def test_the_class_scores_what_was_planted(parallel) -> None:
+    course, planted, _ = parallel
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        nb = gb.find_submission_notebook(LESSON, LESSON, "ada")
+        points = {g.name: float(g.max_score) for g in nb.grades}
+        totals = {p.student: float(gb.find_submission(LESSON, p.student).score) for p in planted}
+    wrong = [f"{p.student}: scored {totals[p.student]:g}, expected {_expected_score(p, points):g}"
+             for p in planted if totals[p.student] != _expected_score(p, points)]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_a_killed_run_resumes_where_it_stopped(resumed, sequential) -> None:
+    course, done, said = resumed
+    assert 0 < done < STUDENTS, f"the run was killed with {done} of {STUDENTS} graded: nothing to resume"
+    found = re.search(r"graded (\d+) submission\(s\).*; (\d+) already graded; (\d+) failed", said)
+    assert found, said
+    graded, skipped, failed = map(int, found.groups())
+    assert (graded, skipped, failed) == (STUDENTS - done, done, 0), said
+    assert gradebook(course) == gradebook(sequential)
