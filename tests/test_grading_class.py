@@ -159,3 +159,43 @@ def test_a_killed_run_resumes_where_it_stopped(resumed, sequential) -> None:
     graded, skipped, failed = map(int, found.groups())
     assert (graded, skipped, failed) == (STUDENTS - done, done, 0), said
     assert gradebook(course) == gradebook(sequential)
+
+
+def _report(course: Path) -> list[dict[str, str]]:
+    said = _run(course, "-m", "ddpm_ref", "grade", "report", LESSON, timeout=300).stdout
+    assert "report.html" in said, said
+    page = (course / "reports" / LESSON / "report.html").read_text("utf-8")
+    assert page.count('<img src="data:image/png;base64,') == 3, "one chart per exercise of lesson 1"
+    with open(course / "reports" / LESSON / "report.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_report_counts_what_was_planted(parallel) -> None:
+    """Every planted mistake is counted once per student who made it (its named mistake holds the library's
+    feedback phrase); the refused cheats by their reason; the pasted reference is flagged."""
+    course, planted, _ = parallel
+    rows = _report(course)
+    mistakes = [r for r in rows if r["section"] == "mistake"]
+    for m in {m for p in planted for m in p.mistakes if m not in CHEATS}:
+        made = sum(m in p.mistakes for p in planted)
+        counted = [int(r["students"]) for r in mistakes if r["exercise"] == m.exercise and m.feedback in r["item"]]
+        assert counted and max(counted) == made, (
+            f"mistake {m.name} was planted in {made} submission(s); the report's rows naming {m.feedback!r}: "
+            f"{counted}")
+    cheats = {r["item"]: int(r["students"]) for r in rows if r["section"] == "cheat"}
+    want = {p.cheat: sum(q.cheat == p.cheat for q in planted) for p in planted if p.cheat}
+    assert cheats == {**want, "(any reason)": sum(want.values())}, cheats
+    missing = {r["exercise"]: int(r["students"]) for r in rows if r["section"] == "missing"}
+    assert missing.get("linear_beta_schedule", 0) >= 2, f"blank and trickster left it unfinished: {missing}"
+
+
+def test_the_similarity_flag_marks_the_pasted_reference_only(parallel) -> None:
+    """The pasted reference is flagged; nobody who wrote their own code is. (m1, m2, m4 and m5 hand in the same
+    tests/mistakes.py text with one-token edits: copies of one another, so they may be flagged as pairs.)"""
+    course, planted, _ = parallel
+    flagged = [r["item"].split(":")[0] for r in _report(course) if r["section"] == "similarity"]
+    against_reference = {f.split(" ~ ")[0] for f in flagged if f.endswith("~ reference")}
+    assert against_reference == {p.student for p in planted if p.pasted}, flagged
+    copies = {"m1", "m2", "m4", "m5"}
+    pairs = [set(f.split(" ~ ")) for f in flagged if not f.endswith("~ reference")]
+    assert all(pair <= copies for pair in pairs), f"flagged students who wrote their own code: {pairs}"

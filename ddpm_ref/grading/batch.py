@@ -95,9 +95,10 @@ def submissions(course: Path, lessons: Sequence[str]) -> list[Submission]:
 
 
 def _timestamp(folder: Path) -> Any:
-    from nbgrader.utils import get_existing_timestamp
+    """The submission time in ``folder/timestamp.txt`` (nbgrader's reading of it), or None."""
+    from nbgrader.coursedir import CourseDirectory
 
-    return get_existing_timestamp(str(folder))
+    return CourseDirectory().get_existing_timestamp(str(folder))
 
 
 def is_graded(course: Path, sub: Submission, gradebook: Any) -> bool:
