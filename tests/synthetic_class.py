@@ -127,14 +127,15 @@ def notebook(planted: Planted, release: Path) -> nbformat.NotebookNode:
     return nb
 
 
-def build(dest: Path) -> tuple[Path, list[Planted]]:
-    """A course folder at ``dest`` with lesson 1 released and the class's submissions in ``submitted/``."""
+def build(dest: Path, only: set[str] | None = None) -> tuple[Path, list[Planted]]:
+    """A course folder at ``dest`` with lesson 1 released and the class's submissions in ``submitted/`` (``only``:
+    just these students)."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy2(ROOT / "nbgrader_config.py", dest / "nbgrader_config.py")
     shutil.copytree(SOLUTIONS / LESSON, dest / "solutions" / LESSON,
                     ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
     load_release().generate(dest, [LESSON])
-    students = plan()
+    students = [p for p in plan() if only is None or p.student in only]
     for planted in students:
         folder = dest / "submitted" / planted.student / LESSON
         folder.mkdir(parents=True, exist_ok=True)

@@ -199,3 +199,51 @@ def test_the_similarity_flag_marks_the_pasted_reference_only(parallel) -> None:
     copies = {"m1", "m2", "m4", "m5"}
     pairs = [set(f.split(" ~ ")) for f in flagged if not f.endswith("~ reference")]
     assert all(pair <= copies for pair in pairs), f"flagged students who wrote their own code: {pairs}"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_existing_dask_cluster_grades_the_same(tmp_path: Path, sequential) -> None:
+    """The multi-machine set-up of solutions/README.md, on one machine: ``dask scheduler`` and ``dask worker``
+    started by hand, ``grade run --scheduler``; the scores equal the sequential run's."""
+    some = {"ada", "blank", "m3"}
+    course, _ = build(tmp_path / "course", only=some)
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    scheduler = subprocess.Popen([*dask, "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                                 env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
+    worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "2",
+                               "--nthreads", "1", "--memory-limit", "0", "--no-dashboard"],
+                              env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        said = _run(course, "-m", "ddpm_ref", "grade", "run", LESSON, "--scheduler", address, timeout=900).stdout
+    finally:
+        for proc in (worker, scheduler):
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+    assert f"graded {len(some)} submission(s)" in said, said
+    want = {s: v for s, v in gradebook(sequential).items() if s in some}
+    assert gradebook(course) == want
+
+
+def test_a_submission_nbgrader_cannot_read_fails_alone(tmp_path: Path) -> None:
+    """A notebook that is not JSON: tried twice, reported in one line with its log kept, exit status 1; the other
+    submission is graded."""
+    course, _ = build(tmp_path / "course", only={"ada", "blank"})
+    (course / "submitted" / "blank" / LESSON / f"{LESSON}.ipynb").write_text("{not json")
+    proc = subprocess.run([sys.executable, "-m", "ddpm_ref", "grade", "run", LESSON, "--jobs", "2"], cwd=course,
+                          env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "graded 1 submission(s)" in proc.stdout and "1 failed" in proc.stdout, proc.stdout
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("failed: ")]
+    assert line.startswith(f"failed: blank/{LESSON}: ") and "NotJSONError" in line, line
+    assert (course / "grading-failures" / LESSON / "blank.log").is_file()
+    assert set(gradebook(course)) == {"ada"}

@@ -331,3 +331,32 @@ def test_a_failed_check_cell_shows_one_line() -> None:
         course.run_checks("q_sample", {})
     assert info.value._render_traceback_() == [
         "\x1b[0;31mCheckFailed\x1b[0m: q_sample: 2 check(s) failed: q_sample_values, q_sample_t0_is_almost_x0"]
+
+
+def test_run_checks_records_what_became_of_each_check() -> None:
+    """``findings`` holds one record per check: passed, the named mistake of a failure (the hint as data), a missing
+    definition, a crash with its exception type, a refused reference."""
+    import math
+
+    import torch
+
+    from tests.mistakes import MISTAKES
+
+    def findings_of(source: str) -> dict[str, dict[str, str]]:
+        ns: dict = {"torch": torch, "math": math}
+        exec(source, ns)
+        found: dict[str, dict[str, str]] = {}
+        run_checks("linear_beta_schedule", ns, raise_on_failure=False, findings=found)
+        return found
+
+    mistake = next(m for m in MISTAKES if m.name == "linear_schedule_divides_by_T")
+    (wrong,) = findings_of(mistake.source).values()
+    assert wrong["status"] == "failed" and mistake.feedback in wrong["mistake"], wrong
+    right = "def linear_beta_schedule(T, beta_start=1e-4, beta_end=2e-2):\n" \
+            "    return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)\n"
+    assert findings_of(right) == {"linear_beta_schedule_values": {"status": "passed"}}
+    assert findings_of("x = 1\n") == {"linear_beta_schedule_values": {"status": "missing"}}
+    crash = findings_of("def linear_beta_schedule(T, beta_start=1e-4, beta_end=2e-2):\n    return {}[T]\n")
+    assert crash == {"linear_beta_schedule_values": {"status": "crashed", "reason": "KeyError"}}
+    cheat = findings_of("from ddpm_ref import linear_beta_schedule\n")
+    assert cheat == {"linear_beta_schedule_values": {"status": "cheat", "reason": "reference is"}}

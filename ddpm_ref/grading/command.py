@@ -54,7 +54,7 @@ def _course(arg: str | None) -> Path:
 def _lessons(course: Path, asked: list[str]) -> list[str]:
     from nbgrader.coursedir import CourseDirectory
 
-    from .batch import load_config
+    from .course_folder import load_config
 
     source = course / CourseDirectory(config=load_config(course)).source_directory
     known = sorted(d.name for d in source.iterdir() if d.is_dir() and any(d.glob("*.ipynb")))
