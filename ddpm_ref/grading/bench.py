@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"grade run --jobs {args.jobs}:       {par:.0f} s   speed-up {seq / par:.2f}x, CPU busy "
               f"{par_busy.share:.0%}")
         print(f"one submission: {cost:.1f} s in a worker, {core_s:.1f} core-seconds; peak memory of one worker "
-              f"{peak / 2**30:.2f} GiB (the default --jobs reserves {WORKER_BYTES / 2**30:.0f} GiB per worker)")
+              f"{peak / 2**30:.2f} GiB (the default --jobs reserves {WORKER_BYTES / 2**30:.1f} GiB per worker)")
         for machines in (1, 4):
             minutes = args.class_size * core_s / (16 * machines) / 60
             print(f"projection: a class of {args.class_size} on {machines} × 16 cores (16 workers and "
