@@ -120,7 +120,12 @@ def store_execution(lesson: str, notebook: Path, mode: str, root: Path | None = 
     """Cache ``notebook`` (an executed solution of ``lesson``, e.g. nbgrader's autograded copy) for the site."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    from ddpm_ref.grading.records import FINDINGS_MIME
+
     nb = nbformat.read(notebook, as_version=4)
+    for cell in nb.cells:  # the grader's record of each check is for the class report, not for a page
+        if cell.get("outputs"):
+            cell.outputs = [o for o in cell.outputs if FINDINGS_MIME not in o.get("data", {})]
     nb.metadata["ddpm_site"] = {"mode": mode, "key": execution_key(lesson)}
     dest = (root or executed_dir()) / mode / f"{lesson}.ipynb"
     dest.parent.mkdir(parents=True, exist_ok=True)
