@@ -20,7 +20,7 @@ from pathlib import Path
 import nbformat
 
 from tests._course import ROOT, SOLUTIONS, load_release
-from tests.mistakes import ALTERNATIVES, CHEATS, MISTAKES, Mistake
+from tests.mistakes import ALTERNATIVES, CHEATS, MISTAKES, Mistake, hidden_checks
 
 LESSON = "01_noise_schedule"
 
@@ -35,6 +35,26 @@ class Planted:
     pasted: str = ""  # the exercise whose reference was pasted in by hand
     honest: bool = True  # written by the student (no cheat, no paste)
     edits: dict[str, str] = field(default_factory=dict)  # exercise → the answer cell's new source
+    broken: bool = False  # its edit loops or kills the kernel: nothing of it can score
+
+    def expected(self, points: dict[str, float]) -> dict[str, float]:
+        """What each check cell (grade_id → its points) must score: full marks on an exercise whose code is right
+        (the solution, a variant, the pasted reference), nothing on one left unfinished, cheated or broken by a
+        loop or a crash; for a planted mistake, the points of its exercise's check cells that it does not break."""
+        if self.student == "ada":
+            return dict(points)
+        right = {x for x in self.edits if self.honest and not self.broken} | ({self.pasted} - {""})
+        score = {cell: v if any(cell in (f"check_{x}", f"check_{x}_hidden") for x in right) else 0.0
+                 for cell, v in points.items()}
+        for m in self.mistakes:
+            if m in CHEATS:  # a trick on an unfinished exercise: nothing to score
+                continue
+            hidden = hidden_checks(m)
+            if not set(m.breaks) - hidden:
+                score[f"check_{m.exercise}"] = points[f"check_{m.exercise}"]
+            if not hidden and f"check_{m.exercise}_hidden" in points:
+                score[f"check_{m.exercise}_hidden"] = points[f"check_{m.exercise}_hidden"]
+        return score
 
 
 def _meta(cell: nbformat.NotebookNode) -> dict:
@@ -108,8 +128,9 @@ def plan() -> list[Planted]:
         Planted("trickster", mistakes=[_by_exercise(CHEATS, "linear_beta_schedule")[0]]),
         Planted("paster", pasted="NoiseSchedule", honest=False, edits={"NoiseSchedule": (
             "from ddpm_ref.schedule import as_timesteps, make_betas\n\n\n" + pasted_reference("NoiseSchedule"))}),
-        Planted("looper", edits={"cosine_beta_schedule": "while True:  # never ends\n    pass\n"}),
-        Planted("crasher", edits={"linear_beta_schedule": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n"}),
+        Planted("looper", edits={"cosine_beta_schedule": "while True:  # never ends\n    pass\n"}, broken=True),
+        Planted("crasher", edits={"linear_beta_schedule": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n"},
+                broken=True),
     ]
     return students
 

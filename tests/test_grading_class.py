@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests._course import ROOT
-from tests.mistakes import CHEATS, hidden_checks
+from tests.mistakes import CHEATS
 from tests.synthetic_class import LESSON, Planted, build
 
 pytestmark = pytest.mark.slow
@@ -119,23 +119,8 @@ def test_parallel_grading_writes_what_nbgrader_writes(parallel, sequential) -> N
 
 
 def _expected_score(p: Planted, points: dict[str, float]) -> float:
-    """What ``p`` must score: full marks on an exercise whose code is right (the solution, a variant, the pasted
-    reference), nothing on one left unfinished, cheated or broken by a loop or a crash; and for a planted mistake,
-    the points of the check cells it does not break."""
-    if p.student == "ada":
-        return sum(points.values())
-    right = {x for x, src in p.edits.items() if p.honest and "while True" not in src and "os.kill" not in src}
-    right |= {p.pasted} - {""}
-    score = sum(v for cell, v in points.items() for x in right if cell in (f"check_{x}", f"check_{x}_hidden"))
-    for m in p.mistakes:
-        if m in CHEATS:  # a trick on an unfinished exercise: nothing to score
-            continue
-        hidden = hidden_checks(m)
-        if not set(m.breaks) - hidden:
-            score += points[f"check_{m.exercise}"]
-        if not hidden:
-            score += points.get(f"check_{m.exercise}_hidden", 0.0)
-    return score
+    """What ``p`` must score in all (:meth:`Planted.expected`, cell by cell)."""
+    return sum(p.expected(points).values())
 
 
 def test_the_class_scores_what_was_planted(parallel) -> None:

@@ -3,6 +3,7 @@
     python -m ddpm_ref grade run 01_noise_schedule 02_forward_diffusion --jobs 4
     python -m ddpm_ref grade run all --scheduler tcp://10.0.0.5:8786     # the workers of a Dask cluster
     python -m ddpm_ref grade report 01_noise_schedule                    # reports/01_noise_schedule/report.html
+    python -m ddpm_ref grade gradescope all                              # autograders/gradescope/LESSON.zip
 
 Run it in the course folder (the one with ``nbgrader_config.py``), or give ``--course``.
 """
@@ -20,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--course", default=None, metavar="DIR",
                    help="the course folder, with nbgrader_config.py (default: the working directory, else the "
                         "repository)")
-    what = p.add_subparsers(dest="grade_command", metavar="{run,report}", required=True)
+    what = p.add_subparsers(dest="grade_command", metavar="{run,report,gradescope}", required=True)
     r = what.add_parser("run", help="autograde every submission of the lessons not graded yet, N at a time",
                         description="Autograde every submitted/STUDENT/LESSON not graded yet into nbgrader's "
                                     "gradebook, one sandboxed nbgrader autograde per submission, N at a time.")
@@ -35,6 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                         "similar code (CSV and one HTML page)")
     p2.add_argument("lesson", metavar="LESSON")
     p2.add_argument("--out", default=None, metavar="DIR", help="where to write (default COURSE/reports/LESSON)")
+    g = what.add_parser("gradescope", help="the Gradescope autograder of each lesson (one zip per lesson)",
+                        description="Write LESSON.zip for Gradescope's programming assignments: setup.sh, "
+                                    "run_autograder and the course; submissions are graded as nbgrader autograde "
+                                    "grades them here (sandbox, judge, points).")
+    g.add_argument("lessons", nargs="+", metavar="LESSON", help="lesson ids (e.g. 01_noise_schedule), or all")
+    g.add_argument("--out", default=None, metavar="DIR", help="where to write (default COURSE/autograders/gradescope)")
 
 
 def _course(arg: str | None) -> Path:
@@ -73,6 +80,13 @@ def main(args: argparse.Namespace) -> int:
 
         page = main_report(course, args.lesson, Path(args.out) if args.out else None)
         print(f"wrote {page} and {page.with_name('report.csv')}")
+        return 0
+    if args.grade_command == "gradescope":
+        from .gradescope import export
+
+        out = Path(args.out) if args.out else course / "autograders" / "gradescope"
+        for path in export(course, _lessons(course, args.lessons), out):
+            print(f"wrote {path}")
         return 0
     from .batch import run
 

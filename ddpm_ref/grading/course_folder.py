@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STAGING", "Submission", "Outcome", "load_config", "db_url", "submissions", "is_graded", "pending"]
+__all__ = ["STAGING", "Submission", "Outcome", "CheckCellPoints", "load_config", "db_url", "source_notebook",
+           "lesson_checks", "submissions", "is_graded", "pending"]
 
 #: the folder (inside the course folder) that holds the runs' working copies; removed piece by piece as they land
 STAGING = ".grading"
@@ -22,6 +23,17 @@ class Submission:
 
     def __str__(self) -> str:
         return f"{self.student}/{self.lesson}"
+
+
+@dataclass(frozen=True)
+class CheckCellPoints:
+    """One check cell of a lesson: its grade_id, the exercise it checks, whether it runs the hidden checks, and
+    its points (nbgrader's ``points``)."""
+
+    grade_id: str
+    exercise: str
+    hidden: bool
+    points: float
 
 
 @dataclass
@@ -56,6 +68,35 @@ def db_url(course: Path) -> str:
     from nbgrader.coursedir import CourseDirectory
 
     return CourseDirectory(config=load_config(course)).db_url
+
+
+def source_notebook(course: Path, lesson: str) -> Path:
+    """The source (solution) notebook of ``lesson``: ``SOURCE/LESSON/LESSON.ipynb``."""
+    from nbgrader.coursedir import CourseDirectory
+
+    source = course / CourseDirectory(config=load_config(course)).source_directory
+    path = source / lesson / f"{lesson}.ipynb"
+    if not path.is_file():
+        known = sorted(d.name for d in source.iterdir() if (d / f"{d.name}.ipynb").is_file())
+        raise ValueError(f"no lesson {lesson} in {source}: choose among {', '.join(known)}")
+    return path
+
+
+def lesson_checks(course: Path, lesson: str) -> list[CheckCellPoints]:
+    """The check cells of ``lesson``, in notebook order, with their points (read from its source notebook by
+    the judge's own reader, ``tests.judge.check_cells``)."""
+    import sys
+
+    import nbformat
+
+    if str(course) not in sys.path:
+        sys.path.insert(0, str(course))  # the judge lives in the course's tests/
+    from tests.judge import check_cells
+
+    nb = nbformat.read(source_notebook(course, lesson), as_version=4)
+    return [CheckCellPoints(c.grade_id, c.exercise, c.hidden,
+                            float(nb.cells[c.index].metadata["nbgrader"].get("points") or 0))
+            for c in check_cells(nb)]
 
 
 def submissions(course: Path, lessons: Sequence[str]) -> list[Submission]:
