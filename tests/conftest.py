@@ -4,6 +4,12 @@ By default ``impl`` is the reference package ``ddpm_ref``. ``pytest tests --impl
 (or every notebook under a folder) instead: its definitions are loaded without running heavy cells, and a
 check whose names the notebook does not define is skipped, with the missing name in the reason.
 Each check runs inside :func:`tests.harness.isolated`, as in ``run_checks``.
+
+``--exercise NAME`` (repeatable) and ``--checks {visible,hidden,all}`` keep only the registered checks of those
+exercises, of that kind, as one check cell runs them (GitHub Classroom runs one such command per check cell). Then
+grading is strict: a definition the notebook lacks fails its checks instead of skipping them, a failed check reports
+its one-line message (``name: expected …, got …. Hint: …``), modules that register no check are not collected, and
+a selection without any check is a usage error rather than a vacuous pass.
 """
 
 from __future__ import annotations
@@ -15,10 +21,12 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import contextlib  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.harness import CheckSkipped, MissingDefinition, as_impl, isolated  # noqa: E402
+from tests import harness  # noqa: E402
+from tests.harness import CheckSkipped, MissingDefinition, as_impl, check_name, isolated  # noqa: E402
 
 pytest_plugins = ["pytester"]  # test_harness runs ``pytest --impl`` in-process
 
@@ -30,6 +38,53 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PATH",
         help="grade a notebook or a folder of notebooks instead of the reference package ddpm_ref",
     )
+    parser.addoption(
+        "--exercise",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="run only the checks registered for this exercise (repeatable); a missing definition then fails",
+    )
+    parser.addoption(
+        "--checks",
+        choices=("visible", "hidden", "all"),
+        default="all",
+        help="run only the visible or only the hidden registered checks (default: all)",
+    )
+
+
+def _selecting(config: pytest.Config) -> bool:
+    """Whether ``--exercise`` or ``--checks`` narrows the run to registered checks (strict grading)."""
+    return bool(config.getoption("--exercise")) or config.getoption("--checks") != "all"
+
+
+def _selected(config: pytest.Config, fn: object) -> bool:
+    """Whether the check ``fn`` is one that ``--exercise`` / ``--checks`` ask for."""
+    exercises = getattr(fn, "exercises", None)
+    if not exercises:
+        return False
+    wanted, kind = config.getoption("--exercise"), config.getoption("--checks")
+    if wanted and not set(exercises) & set(wanted):
+        return False
+    return kind == "all" or bool(getattr(fn, "hidden", False)) == (kind == "hidden")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    unknown = [x for x in config.getoption("--exercise") or () if x not in harness.EXERCISES]
+    if unknown:
+        raise pytest.UsageError(f"--exercise: no exercise {', '.join(unknown)}; "
+                                f"choose among {', '.join(harness.EXERCISES)}")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With ``--exercise`` / ``--checks``, test modules that register no check are not even imported."""
+    if _selecting(config) and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        try:
+            registers = harness._REGISTERS.search(collection_path.read_text(encoding="utf-8"))
+        except OSError:
+            return None
+        return True if registers is None else None
+    return None
 
 
 @pytest.fixture(scope="session")
@@ -56,17 +111,39 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
     except MissingDefinition as e:
         origin = getattr(impl, "_origin", "the implementation")
         why = getattr(impl, "_why_missing", {}).get(e.name)
-        pytest.skip(f"{origin} does not define `{e.name}`" + (f" ({why})" if why else ""))
+        message = f"{origin} does not define `{e.name}`" + (f" ({why})" if why else "")
+        if _selecting(pyfuncitem.config):  # grading an exercise: a missing answer scores nothing
+            pytest.fail(f"{check_name(pyfuncitem.obj)}: {message}", pytrace=False)
+        pytest.skip(message)
     except CheckSkipped as e:
         pytest.skip(str(e))
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """With ``--exercise`` / ``--checks``, a failed check reports the one line ``run_checks`` would print (its
+    message names the mistake), not a traceback through the checks; a crash keeps its traceback."""
+    report = yield
+    fn = getattr(item, "obj", None)
+    if (report.when == "call" and report.failed and call.excinfo is not None and _selecting(item.config)
+            and getattr(fn, "exercises", None) and isinstance(call.excinfo.value, AssertionError)):
+        report.longrepr = f"{check_name(fn)}: {call.excinfo.value}"
+    return report
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With ``--impl``, grade only: keep the tests that take ``impl`` and deselect the rest of the suite."""
-    if config.getoption("--impl") is None:
-        return
-    keep = [it for it in items if "impl" in getattr(it, "fixturenames", ())]
-    dropped = [it for it in items if "impl" not in getattr(it, "fixturenames", ())]
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
+    """With ``--impl``, grade only: keep the tests that take ``impl`` and deselect the rest of the suite. With
+    ``--exercise`` / ``--checks``, keep only the registered checks they select (none is a usage error)."""
+    keep = items
+    if config.getoption("--impl") is not None:
+        keep = [it for it in keep if "impl" in getattr(it, "fixturenames", ())]
+    if _selecting(config):
+        keep = [it for it in keep if _selected(config, getattr(it, "obj", None))]
+        if not keep:
+            kind = {"all": "", "visible": "visible ", "hidden": "hidden "}[config.getoption("--checks")]
+            wanted = ", ".join(config.getoption("--exercise") or ["any exercise"])
+            raise pytest.UsageError(f"no {kind}checks registered for {wanted}")
+    if len(keep) < len(items):
+        kept = set(map(id, keep))
+        config.hook.pytest_deselected(items=[it for it in items if id(it) not in kept])
         items[:] = keep

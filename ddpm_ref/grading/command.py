@@ -4,6 +4,8 @@
     python -m ddpm_ref grade run all --scheduler tcp://10.0.0.5:8786     # the workers of a Dask cluster
     python -m ddpm_ref grade report 01_noise_schedule                    # reports/01_noise_schedule/report.html
     python -m ddpm_ref grade gradescope all                              # autograders/gradescope/LESSON.zip
+    python -m ddpm_ref grade classroom all                               # classroom/LESSON/: template repositories
+    python -m ddpm_ref grade collect 01_noise_schedule REPOS             # students' repositories → submitted/
 
 Run it in the course folder (the one with ``nbgrader_config.py``), or give ``--course``.
 """
@@ -21,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--course", default=None, metavar="DIR",
                    help="the course folder, with nbgrader_config.py (default: the working directory, else the "
                         "repository)")
-    what = p.add_subparsers(dest="grade_command", metavar="{run,report,gradescope}", required=True)
+    what = p.add_subparsers(dest="grade_command", metavar="{run,report,gradescope,classroom,collect}", required=True)
     r = what.add_parser("run", help="autograde every submission of the lessons not graded yet, N at a time",
                         description="Autograde every submitted/STUDENT/LESSON not graded yet into nbgrader's "
                                     "gradebook, one sandboxed nbgrader autograde per submission, N at a time.")
@@ -42,6 +44,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                     "grades them here (sandbox, judge, points).")
     g.add_argument("lessons", nargs="+", metavar="LESSON", help="lesson ids (e.g. 01_noise_schedule), or all")
     g.add_argument("--out", default=None, metavar="DIR", help="where to write (default COURSE/autograders/gradescope)")
+    from .classroom import add_arguments as classroom_arguments
+    from .classroom import add_collect_arguments
+
+    classroom_arguments(what.add_parser(
+        "classroom", help="the GitHub Classroom template repository of each lesson (its autograding workflow)",
+        description="Write classroom/LESSON/: the released notebook and the workflow GitHub Classroom runs, one "
+                    "test per check cell with its points. It runs in the student's repository: feedback, not grades."))
+    add_collect_arguments(what.add_parser(
+        "collect", help="copy the notebooks of cloned GitHub Classroom repositories into submitted/",
+        description="Copy REPOS/REPO/LESSON.ipynb to submitted/STUDENT/LESSON/ (and the last commit's time), for "
+                    "grade run."))
 
 
 def _course(arg: str | None) -> Path:
@@ -81,6 +94,12 @@ def main(args: argparse.Namespace) -> int:
         page = main_report(course, args.lesson, Path(args.out) if args.out else None)
         print(f"wrote {page} and {page.with_name('report.csv')}")
         return 0
+    if args.grade_command in ("classroom", "collect"):
+        from . import classroom
+
+        if args.grade_command == "collect":
+            return classroom.collect_main(course, args.lesson, Path(args.repos))
+        return classroom.main(course, _lessons(course, args.lessons), args)
     if args.grade_command == "gradescope":
         from .gradescope import export
 
