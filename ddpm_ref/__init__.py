@@ -1,9 +1,13 @@
 """ddpm_ref: the reference DDPM of the course (Ho et al. 2020), in plain PyTorch.
 
-Layers, each importing only those before it: schedule → diffusion → samplers → flow → guidance → unet → metrics.
+At the top, the math and data a student reads (schedule → diffusion → samplers → flow → guidance; unet, metrics,
+oracle, data; with progress, plots and pictures). Beside them, packages, each importing only from the ones before it:
+``speed`` (the switches) → ``training`` (the Trainer) → ``evaluation`` → ``bench`` → ``course`` (what the notebooks
+share) → ``grading`` → ``cli``. Module paths from before the packages still import (:mod:`ddpm_ref._moved`).
 Timesteps are 0-based (t ∈ {0, …, T−1}); images are [B, C, H, W] in [−1, 1].
 """
 
+from . import _moved
 from .diffusion import ddpm_loss, predict_eps, predict_x0, q_posterior, q_sample
 from .flow import GaussianMixtureVelocity, euler_sample, flow_matching_loss, heun_sample
 from .guidance import (
@@ -69,10 +73,10 @@ __all__ = [
 ]
 
 # Training engine, data and checkpoints: data → (config, ema, checkpoint) → train.
-from .checkpoint import load_pretrained_lfw_tiny, model_from_checkpoint  # noqa: E402
-from .config import PRESETS, TrainConfig, get_config  # noqa: E402
 from .data import ImageFolderDataset, digits, lfw_faces, synthetic_faces  # noqa: E402
-from .train import Trainer, TrainResult, train_step  # noqa: E402
+from .training.checkpoint import load_pretrained_lfw_tiny, model_from_checkpoint  # noqa: E402
+from .training.config import PRESETS, TrainConfig, get_config  # noqa: E402
+from .training.trainer import Trainer, TrainResult, train_step  # noqa: E402
 
 __all__ += [
     "PRESETS",
@@ -88,3 +92,10 @@ __all__ += [
     "synthetic_faces",
     "train_step",
 ]
+
+_moved.install()  # the module paths from before the packages (ddpm_ref.perf, ddpm_ref.train, …) keep working
+
+
+def __getattr__(name: str) -> object:
+    """``ddpm_ref.perf``, ``ddpm_ref.train``, … (modules that moved into packages) as attributes, imported when used."""
+    return _moved.module(name)

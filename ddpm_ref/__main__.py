@@ -1,5 +1,5 @@
 """``python -m ddpm_ref …``: see :mod:`ddpm_ref.cli`."""
 
-from .cli import main
+from .cli.main import main
 
 raise SystemExit(main())

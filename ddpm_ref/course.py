@@ -2,7 +2,7 @@
 :mod:`ddpm_ref.pictures` (re-exported here).
 
 ``setup()`` (the setup cell of every lesson calls it) seeds torch, picks the CPU threads for the machine's load
-(:func:`ddpm_ref.perf.cpu_threads`), and lets *Run All* pass unfinished exercises: a cell that calls an
+(:func:`ddpm_ref.speed.perf.cpu_threads`), and lets *Run All* pass unfinished exercises: a cell that calls an
 exercise whose stub still raises ``NotImplementedError`` prints one line saying which exercise to finish and
 draws nothing, and a failed check cell shows its failure without stopping the cells below it (except while
 nbgrader grades: then every error stays an error).
@@ -31,18 +31,8 @@ import torch
 from .pictures import animate, show_images, show_strip, t_slider, to_numpy_image
 from .pictures import env_flag as _flag
 
-__all__ = [
-    "FAST",
-    "setup",
-    "unfinished_exercise",
-    "course_root",
-    "run_checks",
-    "to_numpy_image",
-    "show_images",
-    "show_strip",
-    "animate",
-    "t_slider",
-]
+__all__ = ["FAST", "setup", "unfinished_exercise", "course_root", "run_checks", "to_numpy_image", "show_images",
+           "show_strip", "animate", "t_slider"]
 
 
 #: True while nbgrader executes a notebook (it sets NBGRADER_EXECUTION) or when DDPM_FAST=1: heavy cells shrink.
@@ -212,12 +202,12 @@ _PRIVATE_RUNNER = ("_fresh_harness", "_Grader", "_GRADER", "CheckFailed", "cours
 def setup(seed: int = 0, *, threads: int | None = None) -> None:
     """Prepare a lesson's kernel: seed torch, set the CPU threads, and let *Run All* pass unfinished exercises.
 
-    ``threads`` defaults to :func:`ddpm_ref.perf.cpu_threads` (the cores the load average leaves idle): torch's
+    ``threads`` defaults to :func:`ddpm_ref.speed.perf.cpu_threads` (the cores the load average leaves idle): torch's
     one-thread-per-core default spins waiting for a core that a browser or another program keeps busy, which
     made a lesson many times slower. In an IPython kernel, also registers the cell hooks described in the
     module docstring (once per kernel; calling ``setup()`` again only reseeds and resets the threads).
     """
-    from ddpm_ref.perf import cpu_threads
+    from ddpm_ref.speed.perf import cpu_threads
 
     torch.manual_seed(seed)
     torch.set_num_threads(threads if threads is not None else cpu_threads())

@@ -185,7 +185,8 @@ def _save_figure(fig: matplotlib.figure.Figure, png_path: str | Path) -> Path:
 
 def plot_quality(rows: Sequence[Any], png_path: str | Path, *, title: str = "") -> Path:
     """MS-SWD ×10³ (mean over levels) of each set against each reference, as horizontal bars; one panel per
-    reference. ``rows`` are :class:`ddpm_ref.evaluate.QualityRow` (``images``, ``reference``, ``msswd.mean``)."""
+    reference. ``rows`` are :class:`ddpm_ref.evaluation.evaluate.QualityRow` (``images``, ``reference``,
+    ``msswd.mean``)."""
     refs = list(dict.fromkeys(r.reference for r in rows))
     fig, axes = plt.subplots(1, len(refs), figsize=(4.2 * len(refs), 2.8), squeeze=False)
     colors = {"samples": "tab:blue", "blurred held-out": "tab:orange", "pure noise": "tab:gray"}

@@ -7,8 +7,10 @@ import json
 import pytest
 import torch
 
-from ddpm_ref import NoiseSchedule, bench, perf
+from ddpm_ref import NoiseSchedule, bench
+from ddpm_ref.bench import runner
 from ddpm_ref.cli import main as cli_main
+from ddpm_ref.speed import perf
 
 TINY = ["--preset", "lfw-tiny", "--device", "cpu", "--set", "model_channels=8,16", "--set", "T=20",
         "--image-size", "8", "--batch-size", "4", "--repeats", "2", "--steps", "1", "--warmup", "1",
@@ -31,7 +33,7 @@ def test_device_peak_table(name, key):
     found = bench.device_peak(name)
     assert (found[0] if found else None) == key
     if key == "T4":  # Turing has no bf16 tensor cores: its 16-bit peak is fp16
-        assert bench._half_peak(found[1]) == ("fp16", 65.0)
+        assert runner._half_peak(found[1]) == ("fp16", 65.0)
 
 
 def test_bench_end_to_end_on_cpu_writes_valid_json(tmp_path, capsys):
@@ -93,7 +95,7 @@ def test_a_failing_part_keeps_the_others(tmp_path, capsys, monkeypatch):
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(bench, "bench_sampling", out_of_memory)
+    monkeypatch.setattr(runner, "bench_sampling", out_of_memory)
     out = tmp_path / "partial.json"
     assert bench.main([*TINY, "--threads", "1", "--no-ablations", "--no-oracle", "--out", str(out)]) == 2
     err = capsys.readouterr().err

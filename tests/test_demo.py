@@ -6,11 +6,10 @@ import csv
 from pathlib import Path
 
 import torch
-from PIL import Image
-
 from ddpm_ref.config import get_config
 from ddpm_ref.demo import calibrate_steps, run_demo
 from ddpm_ref.evaluate import default_t_starts
+from PIL import Image
 
 
 def test_demo_writes_every_output_says_where_and_starts_from_scratch(tmp_path: Path):
@@ -63,11 +62,12 @@ def test_calibration_scales_with_the_budget():
 
 def test_demo_trains_in_bf16_only_where_the_cpu_has_it(monkeypatch):
     import ddpm_ref.demo as demo
-    from ddpm_ref import perf
+
+    from ddpm_ref.speed import precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for native, expected in ((True, "bf16"), (False, "off")):
-        monkeypatch.setattr(perf, "cpu_has_native_bf16", lambda native=native: native)
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
         assert demo.demo_amp("auto") == expected
         for asked in ("off", "bf16", "fp16"):  # an explicit choice is the user's
             assert demo.demo_amp(asked) == asked

@@ -12,7 +12,8 @@ import warnings
 import pytest
 import torch
 
-from ddpm_ref import NoiseSchedule, UNet, ddpm_loss, p_sample, perf, train_step
+from ddpm_ref import NoiseSchedule, UNet, ddpm_loss, p_sample, train_step
+from ddpm_ref.speed import perf, precision
 
 B, C, S = 4, 1, 16
 
@@ -246,7 +247,7 @@ def test_train_options_take_the_device_policy_unless_the_config_says_otherwise()
 
 def test_cpu_auto_precision_is_the_one_cpu_rule(monkeypatch):
     for native, dtype in ((True, torch.bfloat16), (False, None)):
-        monkeypatch.setattr(perf, "cpu_has_native_bf16", lambda native=native: native)
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
         assert perf.resolve_amp_dtype("cpu", "auto") is dtype
         assert perf.cpu_amp() == ("bf16" if native else "off")
     assert perf.resolve_amp_dtype("cpu", "off") is None

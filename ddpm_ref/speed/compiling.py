@@ -38,7 +38,7 @@ def compile_model(
     Compilation is lazy, so with ``example`` (e.g. ``(x [B, C, H, W], t [B])``) one trial call runs now (under
     autocast ``amp_dtype``; with a backward pass of the output's sum when ``backward``; gradients are then
     cleared) and a compiler error surfaces here instead of in the first training step. The compiled module
-    shares its parameters with ``model``; :func:`ddpm_ref.ema.unwrap` returns the bare model.
+    shares its parameters with ``model``; :func:`ddpm_ref.training.ema.unwrap` returns the bare model.
     """
     try:
         compiled = torch.compile(model, mode=mode, backend=backend, dynamic=False)

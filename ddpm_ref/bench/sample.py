@@ -15,13 +15,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import perf
-from .bench_timing import median, sync
-from .config import TrainConfig, build_model, build_schedule
-from .oracle import GaussianMixtureOracle
-from .perf import BASELINE, PerfOptions
-from .samplers import ddim_sample, ddim_step, ddim_timesteps, p_sample, sample
-from .schedule import NoiseSchedule
+from ..oracle import GaussianMixtureOracle
+from ..samplers import ddim_sample, ddim_step, ddim_timesteps, p_sample, sample
+from ..schedule import NoiseSchedule
+from ..speed import perf
+from ..speed.perf import BASELINE, PerfOptions
+from ..training.config import TrainConfig, build_model, build_schedule
+from .timing import median, sync
 
 __all__ = ["ORACLE_MIXTURE", "ORACLE_TOLERANCE", "bench_sampling", "oracle_check", "oracle_checks", "bench_loader"]
 
@@ -216,7 +216,7 @@ def bench_loader(config: TrainConfig, device: torch.device, batch: int, n_images
     from PIL import Image
     from torch.utils.data import DataLoader
 
-    from .data import ImageFolderDataset, synthetic_faces, to_uint8_image
+    from ..data import ImageFolderDataset, synthetic_faces, to_uint8_image
 
     size = config.image_size
     rows = []

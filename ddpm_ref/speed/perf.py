@@ -3,7 +3,7 @@
 None of them changes the math of Ho et al. (2020): they change how the same U-Net, loss (eq. 14) and sampler
 (Algorithm 2) run. :class:`PerfOptions` names them; :data:`BASELINE` is the plain fp32 eager run:
 
-- ``amp`` — autocast dtype via :func:`ddpm_ref.precision.resolve_amp_dtype` ("auto": bf16 on GPUs of compute
+- ``amp`` — autocast dtype via :func:`ddpm_ref.speed.precision.resolve_amp_dtype` ("auto": bf16 on GPUs of compute
   capability ≥ 8, fp16 + GradScaler below; on a CPU :func:`cpu_amp`: bf16 where it is computed in hardware).
 - ``channels_last`` — NHWC tensors for the convolutions (model weights and input batch).
 - ``fused_adamw`` — one fused AdamW kernel over all parameters instead of torch's default (multi-tensor
@@ -12,7 +12,7 @@ None of them changes the math of Ho et al. (2020): they change how the same U-Ne
 - ``compile`` — ``torch.compile`` with a clean fallback to eager when the compiler is missing or fails.
 - ``threads`` — CPU intra-op threads (None: torch's default, one per physical core).
 
-:class:`ddpm_ref.train.Trainer` applies them: each is a field of :class:`~ddpm_ref.config.TrainConfig` whose
+:class:`ddpm_ref.training.Trainer` applies them: each is a field of :class:`~ddpm_ref.training.config.TrainConfig` whose
 default (None) is :func:`recommended` for the run's device (:func:`train_options`). Use in a loop of your own::
 
     opts = perf.recommended(device)
@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from .compiling import CompileResult, compile_model
-from .precision import AmpMode, autocast, needs_grad_scaler, resolve_amp_dtype
+from .precision import AmpMode, autocast, cpu_amp, cpu_has_native_bf16, needs_grad_scaler, resolve_amp_dtype
 
 __all__ = [
     "PerfOptions",
@@ -153,21 +153,10 @@ def cpu_threads(cores: int | None = None, load: float | None = None) -> int:
     return max(1, min(cores, round(cores - load)))
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 autocast is emulated."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
-
-
-def cpu_amp() -> str:
-    """The ``amp`` mode to train with on this CPU: "bf16" where it computes bf16 in hardware, else "off" (fp32)."""
-    return "bf16" if cpu_has_native_bf16() else "off"
-
-
 def recommended(device: torch.device | str) -> PerfOptions:
     """The settings to train with on ``device``: what :mod:`ddpm_ref.bench` measured to win there (BENCHMARKS.md).
 
-    CUDA: AMP per :mod:`ddpm_ref.precision`, channels_last, fused AdamW, cuDNN autotuning; compile stays off (it
+    CUDA: AMP per :mod:`ddpm_ref.speed.precision`, channels_last, fused AdamW, cuDNN autotuning; compile stays off (it
     costs a minute or two of compilation up front and has not yet been measured to win on the target GPUs).
     CPU: autocast "auto" (bf16 where the CPU computes bf16 in hardware, :func:`cpu_amp`, else fp32) and
     :func:`cpu_threads` threads for the current load. On the 2-core benchmark machine channels_last lost
@@ -191,7 +180,7 @@ TRAIN_SWITCHES = ("channels_last", "fused_adamw", "cudnn_benchmark", "compile")
 
 
 def train_options(config: Any, device: torch.device | str) -> PerfOptions:
-    """The :class:`PerfOptions` a :class:`~ddpm_ref.config.TrainConfig` asks for on ``device``.
+    """The :class:`PerfOptions` a :class:`~ddpm_ref.training.config.TrainConfig` asks for on ``device``.
 
     ``config.amp`` as given; each switch of :data:`TRAIN_SWITCHES` that is None takes the value of
     :func:`recommended` for the device type; ``config.compile_mode`` ("" for torch's default) is the

@@ -1,7 +1,7 @@
-"""Benchmark cases for training: the :class:`~ddpm_ref.train.Trainer`'s own step under each speed switch.
+"""Benchmark cases for training: the :class:`~ddpm_ref.training.Trainer`'s own step under each speed switch.
 
-Each case is a Trainer built from the preset with one set of :class:`~ddpm_ref.perf.PerfOptions` as its config's
-speed fields (the same init, from the config's seed), timed on :meth:`~ddpm_ref.train.Trainer.run_step` over a
+Each case is a Trainer built from the preset with one set of :class:`~ddpm_ref.speed.perf.PerfOptions` as its config's
+speed fields (the same init, from the config's seed), timed on :meth:`~ddpm_ref.training.Trainer.run_step` over a
 fixed batch [B, C, H, W] already on the device: flip, L_simple (eq. 14) under autocast, backward, clip, AdamW, EMA
 and LR schedule — what a training run does per batch, without the data loader. The switches are tried greedily
 on top of the best set so far, each against it in alternation (round-robin), and kept only when it wins by
@@ -24,11 +24,11 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import perf
-from .bench_timing import PeakMemory, median, spread, sync
-from .config import TrainConfig
-from .perf import BASELINE, PerfOptions
-from .train import Trainer
+from ..speed import perf
+from ..speed.perf import BASELINE, PerfOptions
+from ..training.config import TrainConfig
+from ..training.trainer import Trainer
+from .timing import PeakMemory, median, spread, sync
 
 __all__ = ["TrainCase", "TrainBench", "candidates", "bench_training"]
 
@@ -245,7 +245,7 @@ def bench_training(
         "batch": batch,
         "steps_per_block": steps,
         "flop_per_step": flops,
-        "step": "ddpm_ref.train.Trainer.run_step (flip, loss, backward, clip, AdamW, EMA, LR schedule)",
+        "step": "ddpm_ref.training.Trainer.run_step (flip, loss, backward, clip, AdamW, EMA, LR schedule)",
         "baseline": base_r,
         "optimised": best_r,
         "speedup": base_r["s_per_step"] / best_r["s_per_step"],

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..schedule import NoiseSchedule
 from .config import TrainConfig, build_model, build_schedule
-from .schedule import NoiseSchedule
 
 __all__ = [
     "CKPT_FORMAT",
@@ -52,7 +52,7 @@ __all__ = [
 
 CKPT_FORMAT = "ddpm_ref.ckpt/1"
 EXPORT_FORMAT = "ddpm_ref.ema/1"
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 LFW_TINY_ASSET = ASSETS_DIR / "lfw_tiny.pt"
 
 

@@ -35,14 +35,15 @@ def _int_list(text: str) -> list[int]:
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    from .config import PRESETS, TrainConfig
+    from ..training.config import PRESETS, TrainConfig
 
     p.add_argument("--preset", default=None, help=f"named configuration: {', '.join(PRESETS)} (default lfw-tiny)")
     p.add_argument("--config", default=None, metavar="FILE.json",
                    help='JSON config: every field, or {"preset": NAME, key: value, …}')
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any field (repeatable)")
     g = p.add_argument_group("config fields", "override the preset's value of any TrainConfig field "
-                             "(python -m ddpm_ref presets lists the presets; ddpm_ref.config documents the fields)")
+                             "(python -m ddpm_ref presets lists the presets; ddpm_ref.training.config documents the "
+                             "fields)")
     for f in dataclasses.fields(TrainConfig):
         if f.name == "name":
             continue
@@ -52,7 +53,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace):
-    from .config import TrainConfig, apply_overrides, get_config, load_config, parse_value
+    from ..training.config import TrainConfig, apply_overrides, get_config, load_config, parse_value
 
     if args.preset and args.config:
         raise UsageError("give either --preset or --config, not both")
@@ -139,12 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="list the named configurations")
 
     # bench: options and engine live in ddpm_ref.bench
-    from .bench import add_arguments as add_bench_arguments
+    from ..bench.runner import add_arguments as add_bench_arguments
 
     add_bench_arguments(sub.add_parser("bench", help="time training and sampling, each speed-up against fp32 eager"))
 
     # grade: a class's submissions into nbgrader's gradebook, and the class report (ddpm_ref.grading)
-    from .grading.command import add_arguments as add_grade_arguments
+    from ..grading.command import add_arguments as add_grade_arguments
 
     add_grade_arguments(sub.add_parser("grade", help="autograde a class in parallel; report what it got wrong",
                                        description="Grade a class with nbgrader (N submissions at a time, "
@@ -153,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _device(spec: str) -> torch.device:
-    """The device of a command (ddpm_ref.perf.resolve_device); on a CPU, the thread count for the current load."""
-    from .perf import resolve_device, use_cpu_threads
+    """The device of a command (ddpm_ref.speed.perf.resolve_device); on a CPU, the thread count for the current load."""
+    from ..speed.perf import resolve_device, use_cpu_threads
 
     device = resolve_device(spec)
     if device.type == "cpu":
@@ -172,8 +173,8 @@ def _run_dir(ckpt: str, out: str | None) -> Path:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from . import perf
-    from .train import Trainer
+    from ..speed import perf
+    from ..training.trainer import Trainer
 
     config = _config_from_args(args)
     out = Path(args.out or Path("runs") / config.name)
@@ -206,9 +207,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
-    from .checkpoint import model_from_checkpoint
-    from .plots import auto_scale, save_grid, save_images, save_reverse_strip
-    from .samplers import ddim_sample, sample
+    from ..plots import auto_scale, save_grid, save_images, save_reverse_strip
+    from ..samplers import ddim_sample, sample
+    from ..training.checkpoint import model_from_checkpoint
 
     device = _device(args.device)
     model, schedule, config = model_from_checkpoint(args.ckpt, ema=not args.raw, device=device)
@@ -229,7 +230,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     args.sampler = sampler
     t0 = time.perf_counter()
     if args.label is not None or args.guidance is not None:  # classifier-free guidance (Ho & Salimans 2022)
-        from .guidance import GuidedModel
+        from ..guidance import GuidedModel
 
         k = getattr(model, "num_classes", None)
         if not k:
@@ -244,7 +245,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         model = GuidedModel(model, labels, w)
         print(f"guiding towards class(es) {args.label} with w = {w:g}")
     if flow:
-        from .flow import euler_sample, heun_sample
+        from ..flow import euler_sample, heun_sample
 
         fn = heun_sample if sampler == "heun" else euler_sample
         x, frames = fn(model, shape, steps=steps, generator=g, return_intermediates=True)
@@ -268,9 +269,9 @@ def _cmd_sample(args: argparse.Namespace) -> None:
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> None:
-    from .checkpoint import model_from_checkpoint
-    from .evaluate import evaluate_reconstruction, evaluation_images
-    from .plots import auto_scale, save_grid, save_reconstruction_figure
+    from ..evaluation.evaluate import evaluate_reconstruction, evaluation_images
+    from ..plots import auto_scale, save_grid, save_reconstruction_figure
+    from ..training.checkpoint import model_from_checkpoint
 
     device = _device(args.device)
     model, schedule, config = model_from_checkpoint(args.ckpt, ema=not args.raw, device=device)
@@ -295,7 +296,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluate import run_evaluate
+    from ..evaluation.evaluate import run_evaluate
 
     out = _run_dir(args.ckpt, args.out)
     device = _device(args.device)
@@ -317,14 +318,14 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from .checkpoint import export_ema
+    from ..training.checkpoint import export_ema
 
     path = export_ema(args.ckpt, args.out, dtype=torch.float16 if args.dtype == "fp16" else torch.float32)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB, EMA weights in {args.dtype})")
 
 
 def _cmd_presets(args: argparse.Namespace) -> None:
-    from .config import PRESETS, build_schedule
+    from ..training.config import PRESETS, build_schedule
 
     for name, c in PRESETS.items():
         s = build_schedule(c)
@@ -337,13 +338,13 @@ def _cmd_presets(args: argparse.Namespace) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import run_and_print
+    from ..bench.runner import run_and_print
 
     run_and_print(args)
 
 
 def _cmd_grade(args: argparse.Namespace) -> int:
-    from .grading.command import main as grade
+    from ..grading.command import main as grade
 
     return grade(args)
 

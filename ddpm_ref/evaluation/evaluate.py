@@ -24,9 +24,9 @@ Protocol (written next to the results as ``evaluate_protocol.json``):
   the yardstick: real against real (held-out vs training), and two deliberately bad sets (the held-out images
   blurred with a Gaussian of σ = size/16 px, uniform noise) against the same references.
 
-FID/KID (:mod:`ddpm_ref.fid`) need torchmetrics and the Inception weights torchmetrics uses (a file in torch's hub
-cache). Nothing is downloaded: when either is missing, the result says so and why. The sample-quality table is
-:mod:`ddpm_ref.quality`; this module chooses the images and runs the protocol.
+FID/KID (:mod:`.fid`) need torchmetrics and the Inception weights torchmetrics uses (a file in torch's hub cache).
+Nothing is downloaded: when either is missing, the result says so and why. The sample-quality table is
+:mod:`.quality`; this module chooses the images and runs the protocol.
 """
 
 from __future__ import annotations
@@ -40,15 +40,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .config import TrainConfig
-from .data import ImageFolderDataset, lfw_faces
+from ..data import ImageFolderDataset, lfw_faces
+from ..metrics import psnr_per_image, ssim_per_image
+from ..plots import plot_brightness, plot_eval, plot_quality
+from ..samplers import reconstruct, sample
+from ..schedule import NoiseSchedule
+from ..training.checkpoint import load_checkpoint, model_from_checkpoint
+from ..training.config import TrainConfig
 from .fid import INCEPTION_WEIGHTS, fid_kid, fid_kid_status
-from .metrics import psnr_per_image, ssim_per_image
-from .plots import plot_brightness, plot_eval, plot_quality
 from .quality import QualityRow, SampleQuality, sample_quality
-from .samplers import reconstruct, sample
-from .schedule import NoiseSchedule
 
 __all__ = [
     "QualityRow",

@@ -1,7 +1,7 @@
 """Sample quality beside its yardstick: MS-SWD (Karras et al. 2018) and the brightness gap of a set of samples
 against each real reference set, next to where real images and deliberately bad sets (blurred, noise) score.
 
-Used by :func:`ddpm_ref.evaluate.evaluate`, which picks the reference sets (:func:`ddpm_ref.evaluate.reference_sets`).
+Used by :func:`.evaluate.evaluate`, which picks the reference sets (:func:`.evaluate.reference_sets`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import torchvision.transforms.functional as TF
 from torch import Tensor
 
-from .metrics import MSSWD, brightness_gap, mean_brightness, ms_swd
+from ..metrics import MSSWD, brightness_gap, mean_brightness, ms_swd
 
 __all__ = ["QualityRow", "SampleQuality", "sample_quality"]
 

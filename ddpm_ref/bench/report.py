@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from . import perf
+from ..speed import perf
 
 __all__ = ["SCHEMA", "PEAK_TFLOPS", "TARGETS", "device_peak", "half_peak", "machine_info", "targets",
            "format_tables", "jsonable"]

@@ -28,9 +28,9 @@ from typing import Any
 
 from torch import nn
 
-from .diffusion import VPrediction
-from .schedule import SCHEDULES, NoiseSchedule
-from .unet import UNet
+from ..diffusion import VPrediction
+from ..schedule import SCHEDULES, NoiseSchedule
+from ..unet import UNet
 
 __all__ = [
     "TrainConfig",
@@ -63,7 +63,7 @@ class TrainConfig:
     Optimisation: AdamW ``lr``,
     ``weight_decay``; ``lr_schedule`` "cosine" (to ``min_lr`` over the run, after ``warmup_steps`` of linear
     warmup) or "constant"; ``grad_clip`` max gradient norm; ``ema_decay`` of the parameter EMA, ramped up as
-    min(decay, (1 + n)/(10 + n)) over the first updates n when ``ema_warmup`` (:mod:`ddpm_ref.ema`); ``amp`` "auto"
+    min(decay, (1 + n)/(10 + n)) over the first updates n when ``ema_warmup`` (:mod:`.ema`); ``amp`` "auto"
     (fp16+GradScaler below compute capability 8, bf16 from 8, off on CPU), "off", "fp16" or "bf16".
     Length: ``epochs``; ``max_steps`` stops earlier when > 0 (the cosine length stays that of ``epochs``, so a run
     stopped early resumes exactly); ``time_budget_s``
@@ -71,8 +71,8 @@ class TrainConfig:
     extra ckpt_latest saves (0: only at epoch ends); ``milestone_every`` epochs between ckpt_epoch_XXX.pt;
     ``preview_every`` epochs between EMA preview grids of ``preview_n`` images (0: none).
     ``parallel``: "auto" (DDP under torchrun, DataParallel when several GPUs are visible), "none", "dp", "ddp".
-    Speed (the math is unchanged; see :mod:`ddpm_ref.perf`): ``channels_last``, ``fused_adamw``,
-    ``cudnn_benchmark``, ``compile`` — None takes the default that :func:`ddpm_ref.perf.recommended` measured for
+    Speed (the math is unchanged; see :mod:`ddpm_ref.speed.perf`): ``channels_last``, ``fused_adamw``,
+    ``cudnn_benchmark``, ``compile`` — None takes the default that :func:`ddpm_ref.speed.perf.recommended` measured for
     the run's device (CUDA: the first three on, compile off; CPU: all off); ``compile_mode`` the torch.compile
     mode ("" for torch's default); ``threads`` CPU threads (0: leave the
     process's setting). They may change between a run and its resumption.
@@ -125,7 +125,7 @@ class TrainConfig:
     seed: int = 0
     parallel: str = "auto"
     device: str = "auto"
-    # speed: None = ddpm_ref.perf.recommended(device)
+    # speed: None = ddpm_ref.speed.perf.recommended(device)
     channels_last: bool | None = None
     fused_adamw: bool | None = None
     cudnn_benchmark: bool | None = None
@@ -323,7 +323,7 @@ def parse_value(key: str, text: str) -> Any:
     if key not in hints:
         raise ValueError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(hints))}")
     tp = hints[key]
-    if tp == (bool | None):  # a speed switch: "auto" (or "none") leaves it to ddpm_ref.perf.recommended
+    if tp == (bool | None):  # a speed switch: "auto" (or "none") leaves it to ddpm_ref.speed.perf.recommended
         if text.strip().lower() in ("auto", "none", "default"):
             return None
         tp = bool

@@ -1,5 +1,5 @@
 """One optimizer step of Algorithm 1 (Ho et al. 2020) on L_simple (eq. 14): the step the lesson asks students to
-write, and the one the :class:`~ddpm_ref.train.Trainer` runs for every batch."""
+write, and the one the :class:`~ddpm_ref.training.Trainer` runs for every batch."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .diffusion import ddpm_loss, v_loss
-from .flow import flow_matching_loss
-from .guidance import conditional_ddpm_loss
-from .precision import autocast
-from .schedule import NoiseSchedule
+from ..diffusion import ddpm_loss, v_loss
+from ..flow import flow_matching_loss
+from ..guidance import conditional_ddpm_loss
+from ..schedule import NoiseSchedule
+from ..speed.precision import autocast
 
 __all__ = ["StepStats", "train_step_stats", "train_step"]
 

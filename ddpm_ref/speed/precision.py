@@ -3,7 +3,8 @@
 GPUs of compute capability ≥ 8 (Ampere and later) run bf16 natively: bf16 autocast, no scaler.
 Older GPUs (the T4 is 7.5) report bf16 as supported but emulate it slowly: fp16 autocast with a GradScaler.
 On the CPU "auto" means bf16 autocast where the CPU computes bf16 in hardware (AVX512-BF16 or AMX) and fp32
-elsewhere, where bf16 is emulated and slower: :func:`ddpm_ref.perf.cpu_amp`, the one rule for CPU precision.
+elsewhere, where bf16 is emulated and slower: :func:`cpu_amp`, the one rule for CPU precision (measured by
+``ddpm_ref.bench``; the other speed switches are in :mod:`ddpm_ref.speed.perf`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,20 @@ from typing import Literal
 
 import torch
 
-__all__ = ["AmpMode", "resolve_amp_dtype", "autocast", "needs_grad_scaler"]
+__all__ = ["AmpMode", "resolve_amp_dtype", "autocast", "needs_grad_scaler", "cpu_amp", "cpu_has_native_bf16"]
 
 AmpMode = Literal["auto", "off", "fp16", "bf16"]
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 autocast is emulated."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def cpu_amp() -> str:
+    """The ``amp`` mode to train with on this CPU: "bf16" where it computes bf16 in hardware, else "off" (fp32)."""
+    return "bf16" if cpu_has_native_bf16() else "off"
 
 
 def resolve_amp_dtype(device: torch.device | str, amp: AmpMode = "auto") -> torch.dtype | None:
@@ -33,8 +45,6 @@ def resolve_amp_dtype(device: torch.device | str, amp: AmpMode = "auto") -> torc
         major, _ = torch.cuda.get_device_capability(device)
         return torch.bfloat16 if major >= 8 else torch.float16
     if device.type == "cpu":
-        from .perf import cpu_amp  # the CPU rule lives with the other measured speed policies
-
         return torch.bfloat16 if cpu_amp() == "bf16" else None
     return None
 

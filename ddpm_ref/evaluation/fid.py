@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .samplers import sample
-from .schedule import NoiseSchedule
+from ..samplers import sample
+from ..schedule import NoiseSchedule
 
 __all__ = ["INCEPTION_WEIGHTS", "fid_kid_status", "fid_kid"]
 

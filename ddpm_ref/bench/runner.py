@@ -3,10 +3,10 @@
     python -m ddpm_ref bench --preset seed-celebahq256 --device cuda --out bench.json
     python -m ddpm_ref.bench --preset lfw-tiny --device cpu
 
-Training: the :class:`ddpm_ref.train.Trainer`'s own step (:meth:`~ddpm_ref.train.Trainer.run_step`: flip, loss
+Training: the :class:`ddpm_ref.training.Trainer`'s own step (:meth:`~ddpm_ref.training.Trainer.run_step`: flip, loss
 eq. 14, backward, clip, AdamW, EMA, LR schedule) on a fixed batch [B, C, H, W] already on the device, so the numbers
 are the training run's, not the data loader's. Each switch of
-:class:`ddpm_ref.perf.PerfOptions` is tried on top of the best set so far (greedy, in the order AMP,
+:class:`ddpm_ref.speed.perf.PerfOptions` is tried on top of the best set so far (greedy, in the order AMP,
 channels_last, fused AdamW, cuDNN autotuning, torch.compile) and kept only when it wins by ``--min-gain``;
 the two settings compared are timed in alternation (round-robin), so a load change on a shared machine hits
 both. The final set is timed again against fp32 eager in a fresh round. Warm-up steps (and compilation) are
@@ -24,9 +24,9 @@ for 5 images with all T DDPM steps and with 50 DDIM steps is measured end to end
 check (:class:`ddpm_ref.GaussianMixtureOracle`) reports how far DDPM and DDIM samples are from the data
 distribution under the preset's schedule.
 
-Writes JSON (``--out``) and prints markdown tables. The parts live in :mod:`ddpm_ref.bench_train` (training
-cases), :mod:`ddpm_ref.bench_sample` (sampling, oracle, loader), :mod:`ddpm_ref.bench_timing` and
-:mod:`ddpm_ref.bench_report` (peak table, targets, tables, JSON).
+Writes JSON (``--out``) and prints markdown tables. The parts live in :mod:`ddpm_ref.bench.train` (training
+cases), :mod:`ddpm_ref.bench.sample` (sampling, oracle, loader), :mod:`ddpm_ref.bench.timing` and
+:mod:`ddpm_ref.bench.report` (peak table, targets, tables, JSON).
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ from typing import Any
 
 import torch
 
-from . import perf
-from .bench_report import (
+from ..speed import perf
+from ..speed.perf import PerfOptions, resolve_device
+from ..training.config import PRESETS, TrainConfig, apply_overrides, get_config
+from .report import (
     PEAK_TFLOPS,
     SCHEMA,
     TARGETS,
@@ -55,14 +57,15 @@ from .bench_report import (
     machine_info,
     targets,
 )
-from .bench_sample import ORACLE_MIXTURE, ORACLE_TOLERANCE, bench_loader, bench_sampling, oracle_check, oracle_checks
-from .bench_train import bench_training
-from .config import PRESETS, TrainConfig, apply_overrides, get_config
-from .perf import PerfOptions, resolve_device
+from .sample import ORACLE_MIXTURE, ORACLE_TOLERANCE, bench_loader, bench_sampling, oracle_check, oracle_checks
+from .train import bench_training
 
 __all__ = ["PEAK_TFLOPS", "TARGETS", "SCHEMA", "ORACLE_MIXTURE", "ORACLE_TOLERANCE", "device_peak", "add_arguments",
            "main", "run", "run_and_print", "format_tables", "oracle_check", "bench_training", "bench_sampling",
            "bench_loader"]
+
+#: where a result goes without ``--out``: a git-ignored folder, so a benchmark never changes the checkout
+DEFAULT_OUT = "outputs/bench/bench_{preset}_{device}.json"
 
 _half_peak = half_peak  # the name the tests and older notes use
 
@@ -104,8 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="time the image-folder loader per worker count (default: on for images >= 128 px)")
     parser.add_argument("--loader-images", type=int, default=1024, help="JPEG files the loader timing reads")
     parser.add_argument("--threads", default="0", help="CPU threads: a number, 'auto' (the cores the load "
-                        "leaves idle, ddpm_ref.perf.cpu_threads) or 0 for torch's default")
-    parser.add_argument("--out", default=None, help="JSON path (default: bench_<preset>_<device>.json)")
+                        "leaves idle, ddpm_ref.speed.perf.cpu_threads) or 0 for torch's default")
+    parser.add_argument("--out", default=None,
+                        help="JSON path (default: outputs/bench/bench_PRESET_DEVICE.json, a git-ignored folder)")
     parser.add_argument("--quiet", action="store_true", help="print only the tables")
     return parser
 
@@ -189,7 +193,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                               "shape": [args.batch_size or config.batch_size, config.channels, config.image_size,
                                         config.image_size], "repeats": args.repeats}
     log(f"bench {args.preset} on {machine.get('gpu', machine['cpu'])}: load average {machine.get('load_avg')}")
-    out = Path(args.out or f"bench_{args.preset}_{device.type}.json")
+    out = Path(args.out or DEFAULT_OUT.format(preset=args.preset, device=device.type))
     out.parent.mkdir(parents=True, exist_ok=True)
     result["out"] = str(out)
     result["errors"] = {}

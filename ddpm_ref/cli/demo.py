@@ -9,7 +9,7 @@ the whole demo takes under 4 minutes (about 2.7 of them training). Everything la
     reverse_process.png    x_t → x_0 for 6 of the samples
     loss.png, losses.csv   training loss and learning rate per epoch
     reconstruction.png     held-out faces noised to several t_start and denoised, with PSNR/SSIM
-    evaluate.csv, evaluate.png   PSNR/SSIM per t_start (the evaluate protocol, :func:`ddpm_ref.evaluate.evaluate`)
+    evaluate.csv, evaluate.png   PSNR/SSIM per t_start (the evaluate protocol, ``evaluate``)
     quality.csv, quality.png     MS-SWD ×10³ and brightness gap of the samples against the 10 held-out and the 90
                                  training faces, beside the yardstick (real vs real, blurred faces, noise)
     brightness.png         histograms of per-image mean brightness: samples against the real faces
@@ -27,20 +27,20 @@ from pathlib import Path
 
 import torch
 
-from .config import TrainConfig, build_model, build_schedule, get_config
-from .data import lfw_faces
-from .evaluate import SampleQuality, default_t_starts, evaluate
-from .perf import cpu_amp
-from .plots import (
+from ..data import lfw_faces
+from ..evaluation.evaluate import SampleQuality, default_t_starts, evaluate
+from ..plots import (
     auto_scale,
     save_grid,
     save_images,
     save_reconstruction_figure,
     save_reverse_strip,
 )
-from .precision import resolve_amp_dtype
-from .samplers import sample
-from .train import Callback, Trainer, TrainResult, train_step
+from ..samplers import sample
+from ..speed.perf import cpu_amp
+from ..speed.precision import resolve_amp_dtype
+from ..training.config import TrainConfig, build_model, build_schedule, get_config
+from ..training.trainer import Callback, Trainer, TrainResult, train_step
 
 __all__ = ["DEMO_TRAIN_SECONDS", "DemoResult", "run_demo", "calibrate_steps", "demo_amp"]
 

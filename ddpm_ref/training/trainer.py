@@ -3,15 +3,15 @@
 Two levels, both callable from a notebook:
 
 - :func:`train_step` — one optimizer step on L_simple (eq. 14). The lesson asks students to write the same function.
-- :class:`Trainer` / :func:`train` — the whole run for a :class:`~ddpm_ref.config.TrainConfig`: data, model, EMA,
-  AdamW + cosine LR, AMP policy of :mod:`ddpm_ref.precision`, the speed switches of :mod:`ddpm_ref.perf`
+- :class:`Trainer` / :func:`train` — the whole run for a :class:`~.config.TrainConfig`: data, model, EMA,
+  AdamW + cosine LR, AMP policy of :mod:`ddpm_ref.speed.precision`, the speed switches of :mod:`ddpm_ref.speed.perf`
   (config fields, defaults per device), DataParallel or DDP, atomic checkpoints with exact
   resume, ``losses.csv`` + loss/LR plot and per-epoch EMA previews with fixed noise. Stops cleanly (and saves) at
   ``max_steps`` or after ``time_budget_s``; resumes from ``out_dir/checkpoints/ckpt_latest.pt`` automatically.
 
-The Trainer's pieces live in modules of their own: :mod:`ddpm_ref.train_setup` builds its loader and model,
-:mod:`ddpm_ref.train_state` writes and restores its checkpoint, :mod:`ddpm_ref.train_log` holds what it reports
-(callbacks, ``losses.csv``, previews), :mod:`ddpm_ref.train_data` its data and :mod:`ddpm_ref.step` its step.
+The Trainer is built from parts of its own, each in its module: :class:`~.setup.Setup` builds its loader and model,
+:class:`~.state.Checkpointing` writes and restores its checkpoint, :class:`~.log.Previews` draws its previews
+(:mod:`.log` also writes ``losses.csv``); :mod:`.dataset` holds its data and :mod:`.step` its step.
 
 Output folder::
 
@@ -20,7 +20,7 @@ Output folder::
 
 Example::
 
-    from ddpm_ref.config import get_config
+    from ddpm_ref.training.config import get_config
     from ddpm_ref.train import train
     result = train(get_config("lfw-tiny", max_steps=200), "runs/try")
 """
@@ -40,20 +40,19 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from . import perf
-from .checkpoint import atomic_save
+from ..data import uint8_to_unit
+from ..guidance import drop_labels
+from ..progress import progress_bar
+from ..speed import perf
+from ..speed.perf import resolve_device
 from .config import TrainConfig
-from .data import uint8_to_unit
+from .dataset import build_dataset
 from .distributed import DistInfo, all_reduce_sum, cleanup_distributed, init_distributed
 from .ema import unwrap
-from .guidance import drop_labels
-from .perf import resolve_device
-from .progress import progress_bar
+from .log import LOSS_COLUMNS, Previews, TrainResult, append_loss_log
+from .setup import Setup
+from .state import Checkpointing
 from .step import StepStats, train_step, train_step_stats
-from .train_data import build_dataset
-from .train_log import LOSS_COLUMNS, Callback, TrainResult, append_loss_log, preview_samples, write_preview
-from .train_setup import setup_data, setup_model
-from .train_state import restore_trainer, trainer_state
 
 __all__ = [
     "train_step",
@@ -64,16 +63,29 @@ __all__ = [
     "Trainer",
     "train",
     "build_dataset",
-    "resolve_device",  # lives in ddpm_ref.perf; kept importable from here
+    "resolve_device",  # lives in ddpm_ref.speed.perf; kept importable from here
     "LOSS_COLUMNS",
 ]
-
 
 
 # ------------------------------------------------------------------------------------------------ trainer
 
 
-class Trainer:
+class Callback:
+    """Hooks called on the main process (rank 0). Subclass and override what you need."""
+
+    def on_train_start(self, trainer: Trainer) -> None: ...
+
+    def on_step_end(self, trainer: Trainer, step: int, stats: StepStats) -> None: ...
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None: ...
+
+    def on_preview(self, trainer: Trainer, images: Tensor, path: Path) -> None: ...
+
+    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None: ...
+
+
+class Trainer(Setup, Checkpointing, Previews):
     """Everything of one training run, set up in ``__init__`` and run by :meth:`fit`.
 
     Args:
@@ -86,7 +98,7 @@ class Trainer:
 
     Attributes during and after the run: ``model`` (possibly wrapped), ``ema`` (``ema.module`` is the EMA U-Net),
     ``optimizer``, ``lr_scheduler``, ``scaler``, ``schedule``, ``step``, ``epoch``, ``steps_per_epoch``, ``dist``,
-    ``perf`` (the :class:`~ddpm_ref.perf.PerfOptions` applied: the config's speed fields, defaults per device).
+    ``perf`` (the :class:`~ddpm_ref.speed.perf.PerfOptions` applied: the config's speed fields, defaults per device).
 
     :meth:`fit` is a short loop: :meth:`run_epoch` until a stop reason, each calling :meth:`run_step` per batch.
     """
@@ -123,8 +135,8 @@ class Trainer:
         np.random.seed(config.seed % 2**32)
         random.seed(config.seed)
 
-        setup_data(self, dataset)  # data, sampler, loader, batch_per_rank, steps_per_epoch
-        setup_model(self)  # schedule, U-Net, EMA, wrapper, AMP, optimizer, LR schedule, scaler
+        self._setup_data(dataset)  # data, sampler, loader, batch_per_rank, steps_per_epoch
+        self._setup_model()  # schedule, U-Net, EMA, wrapper, AMP, optimizer, LR schedule, scaler
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 104_729 * self.dist.rank)
         self.preview_noise = torch.randn(config.preview_n, config.channels, config.image_size, config.image_size,
                                          generator=torch.Generator().manual_seed(config.seed + 1))
@@ -153,26 +165,6 @@ class Trainer:
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    # ---------------------------------------------------------------- checkpoints
-
-    def state_dict(self) -> dict[str, Any]:
-        """The checkpoint dict (see :mod:`ddpm_ref.checkpoint`). Collective under DDP: call on every rank."""
-        return trainer_state(self)
-
-    def save(self, milestone: bool = False) -> Path:
-        """Write ckpt_latest.pt (and ckpt_epoch_XXX.pt when ``milestone``) atomically; rank 0 writes."""
-        state = self.state_dict()
-        latest = self.ckpt_dir / "ckpt_latest.pt"
-        if self.write:
-            atomic_save(state, latest)
-            if milestone:
-                atomic_save(state, self.ckpt_dir / f"ckpt_epoch_{self.epoch:03d}.pt")
-        return latest
-
-    def load(self, path: str | Path) -> None:
-        """Restore everything from a checkpoint written by :meth:`save` (exact resume)."""
-        restore_trainer(self, path)
-
     # ---------------------------------------------------------------- logging
 
     @property
@@ -182,12 +174,6 @@ class Trainer:
     def session_elapsed(self) -> float:
         """Seconds since this session's :meth:`fit` began (0 before)."""
         return time.monotonic() - self._t0 if hasattr(self, "_t0") else 0.0
-
-    # ---------------------------------------------------------------- previews
-
-    def preview(self, n: int | None = None) -> Tensor:
-        """Samples [n, C, H, W] of the EMA model from the fixed preview noise (same noise every epoch)."""
-        return preview_samples(self, n)
 
     # ---------------------------------------------------------------- the loop
 
@@ -310,7 +296,7 @@ class Trainer:
         """End the session: close the bar, plot the losses, report (the checkpoint is already written)."""
         self._epochs_bar.close()
         if self.write and self.csv_path.is_file():
-            from .plots import plot_losses
+            from ..plots import plot_losses
 
             plot_losses(self.csv_path, self.out_dir / "loss.png", title=f"{self.config.name}: loss and learning rate")
         tail = [v for v in self.session_losses[-50:] if math.isfinite(v)]
@@ -337,7 +323,7 @@ class Trainer:
         self.epoch_loss_count = 0
         if self.write:
             append_loss_log(self.csv_path, [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}])
-        write_preview(self)
+        self._write_preview()
         milestone = c.milestone_every > 0 and self.epoch % c.milestone_every == 0
         self.save(milestone=milestone)
         for cb in self.callbacks if self.is_main else ():

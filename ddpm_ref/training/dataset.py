@@ -8,8 +8,8 @@ from typing import Any
 from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler
 
+from ..data import ImageFolderDataset, digits, lfw_faces
 from .config import TrainConfig
-from .data import ImageFolderDataset, digits, lfw_faces
 
 __all__ = ["TrainImages", "LabelledImages", "build_dataset", "ResumableSampler"]
 
