@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("training",),
     ("evaluation",),
     ("bench",),
-    ("course", "headless"),  # what the notebooks share
+    ("course", "run_all", "headless"),  # what the notebooks share
     ("grading",),
     ("cli",),
 )
