@@ -6,10 +6,11 @@ import csv
 from pathlib import Path
 
 import torch
+from PIL import Image
+
 from ddpm_ref.config import get_config
 from ddpm_ref.demo import calibrate_steps, run_demo
 from ddpm_ref.evaluate import default_t_starts
-from PIL import Image
 
 
 def test_demo_writes_every_output_says_where_and_starts_from_scratch(tmp_path: Path):
@@ -62,7 +63,6 @@ def test_calibration_scales_with_the_budget():
 
 def test_demo_trains_in_bf16_only_where_the_cpu_has_it(monkeypatch):
     import ddpm_ref.demo as demo
-
     from ddpm_ref.speed import precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

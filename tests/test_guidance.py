@@ -286,16 +286,19 @@ def _guided(impl, model, x, t, labels, w, **kwargs) -> Tensor:
                          dtype=x.dtype)
 
 
-def _guided_diagnoses(x, t, labels, w) -> list:
+def _guided_diagnoses(x, t, labels, w, null: int = NUM_CLASSES) -> list:
+    """The typical wrong forms of ε̂, each with its hint: every guided_eps check tries them first, so that one
+    mistake is named the same way by every check it fails."""
     return [
-        (lambda: guided_closed_form(x, t, labels, w, form="swapped"),
+        (lambda: guided_closed_form(x, t, labels, w, form="swapped", null=null),
          "conditional and unconditional estimates are swapped: ε̂ = ε(x, ∅) + w·(ε(x, c) − ε(x, ∅)), with ∅ the "
          "null label"),
-        (lambda: guided_closed_form(x, t, labels, w, form="one_plus_w"),
+        (lambda: guided_closed_form(x, t, labels, w, form="one_plus_w", null=null),
          "that is the (1 + w) form of Ho & Salimans, (1 + w)·ε(x, c) − w·ε(x, ∅): in this course w = 1 is the "
          "conditional model, so ε̂ = ε(x, ∅) + w·(ε(x, c) − ε(x, ∅))"),
-        (lambda: guided_closed_form(x, t, labels, w, form="cond_only"), "this is ε(x, c) alone: mix in ε(x, ∅)"),
-        (lambda: guided_closed_form(x, t, labels, w, form="uncond_only"),
+        (lambda: guided_closed_form(x, t, labels, w, form="cond_only", null=null),
+         "this is ε(x, c) alone: mix in ε(x, ∅)"),
+        (lambda: guided_closed_form(x, t, labels, w, form="uncond_only", null=null),
          "this is ε(x, ∅) alone: the conditional half must carry the labels"),
     ]
 
@@ -336,10 +339,12 @@ def test_guided_eps_null_label(impl) -> None:
     x, t, labels = _inputs(4, 2)
     out = _guided(impl, CondRecorder(fake_eps, num_classes=7), x, t, labels, 2.0)
     expect_close(out, guided_closed_form(x, t, labels, 2.0, null=7), "guided_eps with model.num_classes = 7",
-                 atol=1e-5, rtol=1e-5, hint="the null label is model.num_classes when null_label is None")
+                 atol=1e-5, rtol=1e-5, diagnoses=_guided_diagnoses(x, t, labels, 2.0, null=7),
+                 hint="the null label is model.num_classes when null_label is None")
     out = _guided(impl, CondRecorder(fake_eps), x, t, labels, 2.0, null_label=9)
     expect_close(out, guided_closed_form(x, t, labels, 2.0, null=9), "guided_eps(..., null_label=9)", atol=1e-5,
-                 rtol=1e-5, hint="use null_label when it is given")
+                 rtol=1e-5, diagnoses=_guided_diagnoses(x, t, labels, 2.0, null=9),
+                 hint="use null_label when it is given")
 
 
 @check("guided_eps", hidden=True)

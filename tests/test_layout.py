@@ -146,13 +146,12 @@ def test_the_old_module_paths_still_import(old: str) -> None:
 
 
 def test_the_names_users_import_are_where_they_were() -> None:
+    from ddpm_ref.bench import main as bench_main  # noqa: F401
+    from ddpm_ref.cli import main  # noqa: F401
     from ddpm_ref.config import TrainConfig, get_config  # noqa: F401
     from ddpm_ref.perf import PerfOptions, cpu_amp, recommended  # noqa: F401
     from ddpm_ref.precision import autocast, resolve_amp_dtype  # noqa: F401
     from ddpm_ref.train import Callback, Trainer, train, train_step  # noqa: F401
-
-    from ddpm_ref.bench import main as bench_main  # noqa: F401
-    from ddpm_ref.cli import main  # noqa: F401
 
     assert Trainer is ddpm_ref.Trainer and Trainer.__module__ == "ddpm_ref.training.trainer"
     missing = [n for n in ddpm_ref.__all__ if not hasattr(ddpm_ref, n)]

@@ -64,9 +64,9 @@ print(f"outputs go to {WORK_DIR}")
 # %%
 import platform
 
-import ddpm_kaggle as kg
 import torch
 
+import ddpm_kaggle as kg
 from ddpm_ref.precision import needs_grad_scaler, resolve_amp_dtype
 
 DEVICE = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
