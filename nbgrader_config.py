@@ -27,6 +27,7 @@ from nbgrader.preprocessors import (
 from traitlets import Bool, Integer
 
 from ddpm_ref.course import course_root
+from ddpm_ref.headless import RobustExecution
 
 sys.path.insert(0, str(course_root()))  # the judge and the checks live in the repository's tests/
 from tests.judge.nbgrader import (  # noqa: E402
@@ -45,11 +46,13 @@ NOTEBOOK_TIMEOUT_S = 360
 CELL_OUTPUT_CHARS = 200_000
 
 
-class CourseExecute(Execute):
-    """nbgrader's Execute with a per-notebook deadline on top of the per-cell timeout.
+class CourseExecute(RobustExecution, Execute):
+    """nbgrader's Execute with a per-notebook deadline on top of the per-cell timeout, and stall recovery.
 
     A submission that loops is interrupted after ``timeout`` seconds in that cell; once the notebook has run
-    ``notebook_timeout`` seconds, the remaining code cells are not run and get an error (score 0).
+    ``notebook_timeout`` seconds, the remaining code cells are not run and get an error (score 0). A cell the
+    kernel finished but whose reply was lost is not timed out (a 0 for a cell that passed): the reply is rebuilt
+    from what the cell published, without running it again (:mod:`ddpm_ref.headless`).
     """
 
     notebook_timeout = Integer(
@@ -67,6 +70,8 @@ class CourseExecute(Execute):
     def preprocess(self, nb, resources=None, km=None):
         self._deadline = time.monotonic() + self.notebook_timeout
         self._dead = None
+        ids = (resources or {}).get("nbgrader") or {}
+        self.label = "/".join(str(ids[k]) for k in ("student", "assignment", "notebook") if ids.get(k)) or "notebook"
         return super().preprocess(nb, resources, km)
 
     def output(self, outs, msg, display_id, cell_index):

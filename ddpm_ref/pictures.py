@@ -3,24 +3,21 @@
 Every helper takes images [B, C, H, W] (or [C, H, W], [H, W]) in [−1, 1] and draws them with matplotlib
 (grids laid out as ``torchvision.utils.make_grid`` does); ``animate`` returns HTML (``FuncAnimation.to_jshtml``)
 that plays in Jupyter, Colab and exported pages alike; ``t_slider`` is an ipywidgets slider, or a static strip
-where widgets are unavailable or nbgrader grades. ``ddpm_ref.course`` re-exports them for the lessons.
+where no frontend can show widgets (nbgrader, nbclient, papermill, the site build). ``ddpm_ref.course``
+re-exports them for the lessons.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .frontend import HEADLESS_ENV, env_flag, widget_frontend  # noqa: F401 (HEADLESS_ENV: here for the tests)
+
 __all__ = ["to_numpy_image", "show_images", "show_strip", "animate", "t_slider"]
-
-
-def env_flag(name: str) -> bool:
-    """Whether the environment switch ``name`` is on (set, and not "", "0", "false", "no" or "off")."""
-    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def _as_batch(x: Tensor) -> Tensor:
@@ -177,16 +174,6 @@ def animate(
     return html
 
 
-def _widgets_available() -> bool:
-    try:
-        import ipywidgets  # noqa: F401
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
-
-
 def t_slider(
     fn: Callable[[int], Tensor | None],
     T: int,
@@ -203,8 +190,9 @@ def t_slider(
 
     The images are drawn ``size`` inches each, ``nrow`` per row, under the title "t = …"; ``labels`` (one per
     image) puts a label over each. The slider is wide enough to pick single steps (600 px, or the output's
-    width where that is less). Where Jupyter widgets are unavailable, while nbgrader grades, or with
-    ``use_widgets=False``, it shows a static strip of ``static_steps`` evenly spaced t instead.
+    width where that is less). Where no frontend can show widgets (:func:`widget_frontend`: nbgrader, nbclient,
+    papermill, the site build), or with ``use_widgets=False``, it shows a static strip of ``static_steps`` evenly
+    spaced t instead, and creates no widget.
     """
     import matplotlib.pyplot as plt
 
@@ -218,8 +206,8 @@ def t_slider(
         else:
             plt.show()
 
-    if use_widgets is None:  # nbgrader runs without a frontend: the static strip is what its feedback can show
-        use_widgets = _widgets_available() and not env_flag("NBGRADER_EXECUTION")
+    if use_widgets is None:  # headless runs have no frontend: the static strip is what their pages can show
+        use_widgets = widget_frontend()
     if use_widgets:
         import ipywidgets as widgets
 
@@ -233,4 +221,4 @@ def t_slider(
     ts = torch.linspace(0, T - 1, static_steps).round().long().unique().tolist()
     outs = {t: fn(t) for t in ts}
     if all(o is not None for o in outs.values()):
-        show_strip(outs, title=f"t from 0 to {T - 1} (install ipywidgets for a slider)")
+        show_strip(outs, title=f"t from 0 to {T - 1}")

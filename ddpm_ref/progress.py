@@ -1,8 +1,10 @@
 """Progress bars that stay readable in logs: the one progress policy of the trainer, samplers, CLI, demo and Kaggle.
 
 On a terminal or in an interactive notebook a bar updates live (``tqdm.auto``). Where nobody watches — output
-redirected to a file, CI, a committed (batch) Kaggle run — each update is one more chunk of text in the log, so
-there a bar is plain text and writes at most once every :data:`LOG_INTERVAL_S` seconds.
+redirected to a file, CI, a committed (batch) Kaggle run, a notebook run headless (nbgrader, nbclient, the site
+build: :func:`ddpm_ref.frontend.widget_frontend`) — each update is one more chunk of text in the log, so there a
+bar is plain text and writes at most once every :data:`LOG_INTERVAL_S` seconds. The lessons import
+:func:`progress_bar` as their ``tqdm``.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ def interactive() -> bool:
         return choice == "live"
     if os.environ.get("KAGGLE_KERNEL_RUN_TYPE", "").lower() == "batch":  # "Save & Run All" / kaggle kernels push
         return False
-    if "ipykernel" in sys.modules:
-        return True
+    if "ipykernel" in sys.modules:  # a notebook: live (a widget) only where a frontend can show it
+        from .frontend import widget_frontend
+
+        return widget_frontend()
     stream = sys.stderr
     return bool(getattr(stream, "isatty", lambda: False)())
 

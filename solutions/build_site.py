@@ -5,11 +5,11 @@
     python solutions/build_site.py 01_noise_schedule 02_forward_diffusion   # a site with only these lessons
     python solutions/build_site.py --rerun         # execute again even where a cached execution is up to date
 
-Each lesson page shows the *released* notebook ``lessons/<id>/<id>.ipynb`` as a student opens it (the exercise
-cells are their ``# YOUR CODE HERE`` stubs, hidden test cells are empty), with the outputs of the *solution*
-notebook ``solutions/<id>/<id>.ipynb`` run top to bottom: the pictures the finished exercises draw and the check
-results they print. Cells are matched by their id (nbgrader's ``grade_id`` where there is one); cells that hold
-hidden tests in the solution show no output, so what the hidden checks print never reaches the site.
+Each lesson page shows the *released* notebook ``lessons/<id>/<id>.ipynb`` as a student opens it (the exercise cells
+are their ``# YOUR CODE HERE`` stubs, hidden test cells are empty), with the outputs of the *solution* notebook
+``solutions/<id>/<id>.ipynb`` run top to bottom: the pictures the finished exercises draw and the check results they
+print. Cells are matched by their id (nbgrader's ``grade_id`` where there is one); cells that hold hidden tests in
+the solution show no output, so what the hidden checks print never reaches the site.
 
 Executions are cached in ``build/executed/<mode>/<id>.ipynb`` (``$DDPM_EXECUTED_DIR`` instead of
 ``build/executed``), stamped with a hash of the solution notebook and of the ``ddpm_ref`` package: a rebuild
@@ -17,10 +17,10 @@ executes only the lessons whose notebook or package changed (``--rerun`` forces 
 (``tests/test_course_nbgrader.py``) stores its FAST autograded solution runs there too, so the site test builds
 without running the lessons again.
 
-The site's source is staged in ``build/site-src/`` (the guides, the lesson pages, a generated index with the
-table of contents, ``conf.py``) and ``sphinx-build -W`` writes ``build/site/``: any warning (a broken reference, a
-missing image) fails the build. Math is rendered by a local copy of MathJax 3 (from the ``sphinx-mathjax-offline``
-package), so the site needs no network. Needs ``pip install -e ".[site]"``.
+The site's source is staged in ``build/site-src/`` (the guides, the lesson pages, a generated index with the table
+of contents, ``conf.py``) and ``sphinx-build -W`` writes ``build/site/``: any warning (a broken reference, a missing
+image) fails the build. Math is rendered by a local copy of MathJax 3 (from the ``sphinx-mathjax-offline`` package),
+so the site needs no network. Needs ``pip install -e ".[site]"``.
 """
 
 from __future__ import annotations
@@ -50,23 +50,10 @@ CELL_TIMEOUT_S = 3600
 
 #: the guides, as (path in the repository, toctree caption); README.md becomes the site's front page
 FRONT = "README.md"
-GUIDES = {
-    "lessons/README.md": "Lessons",
-    "TRAINING.md": "Guides",
-    "BENCHMARKS.md": "Guides",
-    "kaggle/README.md": "Guides",
-    "solutions/README.md": "For instructors",
-}
+GUIDES = {"lessons/README.md": "Lessons", "TRAINING.md": "Guides", "BENCHMARKS.md": "Guides",
+          "kaggle/README.md": "Guides", "solutions/README.md": "For instructors"}
 #: mirrors solutions/release.py (the one place that names the course's repository)
 _release = None
-
-#: run before the solution's first cell when the site executes a lesson: a static page has no kernel to move a
-#: slider, so ``t_slider`` draws its static strip (as it does where widgets are unavailable)
-PROLOGUE = """\
-from ddpm_ref.course import t_slider as _t_slider
-_t_slider.__kwdefaults__["use_widgets"] = False
-del _t_slider"""
-PROLOGUE_ID = "site-prologue"
 
 #: what each mode means, said on every lesson page
 MODE_NOTE = {
@@ -147,11 +134,13 @@ def cached_execution(lesson: str, mode: str, root: Path | None = None) -> nbform
 
 def execute(lesson: str, mode: str, *, timeout: int = CELL_TIMEOUT_S) -> nbformat.NotebookNode:
     """Run the solution notebook of ``lesson`` top to bottom in a fresh kernel (``DDPM_FAST=1`` when ``mode`` is
-    "fast"), in a scratch folder; a cell that fails or runs over ``timeout`` seconds stops the build."""
+    "fast"), in a scratch folder, with :mod:`ddpm_ref.headless` (a lost kernel reply is recovered, no widget is
+    made); a cell that fails or runs over ``timeout`` seconds stops the build, naming the lesson and the cell."""
     import nbclient
 
+    from ddpm_ref.headless import execute_notebook
+
     nb = nbformat.read(SOLUTIONS / lesson / f"{lesson}.ipynb", as_version=4)
-    nb.cells.insert(0, nbformat.v4.new_code_cell(PROLOGUE, id=PROLOGUE_ID))
     env = dict(os.environ, DDPM_COURSE_ROOT=str(ROOT), DDPM_PROGRESS="log",
                PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     for name in ("NBGRADER_EXECUTION", "DDPM_FAST", "MPLBACKEND"):  # the kernel's inline backend draws
@@ -162,16 +151,14 @@ def execute(lesson: str, mode: str, *, timeout: int = CELL_TIMEOUT_S) -> nbforma
         for item in (SOLUTIONS / lesson).iterdir():
             if item.is_file() and item.suffix != ".ipynb":
                 shutil.copy2(item, work)
-        client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                         resources={"metadata": {"path": work}})
         try:
-            client.execute(env=env)
-        except nbclient.exceptions.CellTimeoutError:
-            raise SystemExit(f"solutions/{lesson} ({mode}): a cell ran over {timeout} s; on a slow or busy machine "
-                             f"give it longer with --timeout") from None
+            client = execute_notebook(nb, label=f"solutions/{lesson} ({mode})", cwd=work, timeout=timeout, env=env)
+        except nbclient.exceptions.CellTimeoutError as err:
+            raise SystemExit(f"{err}; on a slow or busy machine give it longer with --timeout") from None
         except nbclient.exceptions.CellExecutionError as err:
             raise SystemExit(f"solutions/{lesson} ({mode}) failed:\n{err}") from None
-    nb.cells = [c for c in nb.cells if c.get("id") != PROLOGUE_ID]
+    for stall in client.stalls:
+        print(f"  solutions/{lesson} ({mode}): cell {stall['cell']} stalled, recovered ({stall['kind']})")
     return nb
 
 

@@ -89,7 +89,8 @@ def test_package_cell_carries_the_package_verbatim(notebook: nbformat.NotebookNo
     for name, text in files.items():
         source = REPO / name if name.startswith("ddpm_ref/") else KAGGLE / name
         assert text == source.read_text(encoding="utf-8"), f"{name} in the notebook differs from {source}"
-    for module in ("__init__", "__main__", "train", "unet", "samplers", "evaluate", "cli"):
+    for module in ("__init__", "__main__", "_moved", "training/trainer", "unet", "samplers", "evaluation/evaluate",
+                   "cli/main"):
         assert f"ddpm_ref/{module}.py" in files
 
 

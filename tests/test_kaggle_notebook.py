@@ -24,6 +24,8 @@ import pytest
 import torch
 from PIL import Image
 
+from ddpm_ref.headless import HeadlessClient
+
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "kaggle" / "ddpm_celebahq.ipynb"
 SEED_DATA = "celebahq256-images-only/data256x256"
@@ -61,7 +63,8 @@ def run_notebook(input_root: Path, work: Path, cwd: Path, *, overrides: dict | N
         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PYTHONWARNINGS": "ignore",
         **(env or {}),
     }
-    client = nbclient.NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(cwd)}})
+    client = HeadlessClient(nb, timeout=240, kernel_name="python3", label="kaggle/ddpm_celebahq.ipynb",
+                            resources={"metadata": {"path": str(cwd)}})
     with _environ(values):
         if stop_after is None:
             client.execute()

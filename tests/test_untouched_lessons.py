@@ -4,8 +4,8 @@ empty list of losses, a table without its rows). A lesson never runs on the refe
 missing: lesson 8 with only ``LabelEmbedding`` unfinished trains nothing (it would otherwise train the reference's
 embedding for the whole training cell).
 
-Each released notebook runs headless in a copy of its folder, with ``DDPM_FAST=1`` (the unfinished exercises stop
-every heavy cell at once anyway). Marked ``slow`` (about 2 minutes on 2 cores).
+Each released notebook runs headless (:mod:`ddpm_ref.headless`) in a copy of its folder, with ``DDPM_FAST=1`` (the
+unfinished exercises stop every heavy cell at once anyway). Marked ``slow`` (about 2 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
+from ddpm_ref.headless import execute_notebook
 from tests._course import ROOT, SOLUTIONS, load_release
 
 pytestmark = pytest.mark.slow
@@ -36,16 +36,8 @@ def _run(nb: nbformat.NotebookNode, folder: Path, tmp_path: Path, lesson: str) -
     """``nb`` executed as *Run All* runs it (it stops at the first cell whose error is not handled)."""
     work = tmp_path / lesson
     shutil.copytree(folder, work, ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints"))
-    env_before = os.environ.get("DDPM_FAST")
-    os.environ["DDPM_FAST"] = "1"
-    try:
-        NotebookClient(nb, timeout=300, kernel_name="python3",
-                       resources={"metadata": {"path": str(work)}}).execute()
-    finally:
-        if env_before is None:
-            os.environ.pop("DDPM_FAST", None)
-        else:
-            os.environ["DDPM_FAST"] = env_before
+    env = {k: v for k, v in os.environ.items() if k not in ("NBGRADER_EXECUTION", "MPLBACKEND")}
+    execute_notebook(nb, label=f"{lesson} (untouched)", cwd=work, timeout=300, env={**env, "DDPM_FAST": "1"})
     return nb
 
 
