@@ -164,7 +164,7 @@ def test_flow_matching_loss_value(impl) -> None:
     if not out.requires_grad:
         raise Failure("the loss does not depend on the model's parameters (requires_grad is False).",
                       "do not compute it under torch.no_grad() or detach it")
-    expect_close(out, loss_closed_form(x0, noise, t), f"flow_matching_loss with t = {t.tolist()}", atol=1e-5,
+    expect_close(out, loss_closed_form(x0, noise, t), f"flow_matching_loss with t = {fmt(t)}", atol=1e-5,
                  rtol=1e-4, diagnoses=[
                      (lambda: loss_closed_form(x0, noise, t, target_sign=-1.0),
                       "the target has the wrong sign: the velocity along x_t = (1 − t)·x0 + t·ε is "
