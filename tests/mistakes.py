@@ -117,6 +117,19 @@ DDPM_LOSS = _src('''
         return F.mse_loss(model(x_t, t), noise)
 ''')
 
+TIME_EMBEDDING = _src('''
+    class SinusoidalTimeEmbedding(nn.Module):
+        def __init__(self, dim, max_period=10000.0):
+            super().__init__()
+            half = dim // 2
+            self.register_buffer("freqs", torch.exp(-math.log(max_period) * torch.arange(half) / half),
+                                 persistent=False)
+
+        def forward(self, t):
+            args = t.float()[:, None] * self.freqs[None, :]
+            return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+''')
+
 RESBLOCK = _src('''
     class ResBlock(nn.Module):
         def __init__(self, in_ch, out_ch, emb_dim, *, groups=32, dropout=0.0):
@@ -229,10 +242,11 @@ SAMPLE = _src('''
 
 
     @torch.no_grad()
-    def sample(model, schedule, shape, *, generator=None, device=None, progress=True, **kwargs):
-        x = torch.randn(tuple(shape), generator=generator)
+    def sample(model, schedule, shape, *, generator=None, device=None, progress=True, clip_x0=True,
+               variance="posterior", x_T=None, **kwargs):
+        x = torch.randn(tuple(shape), generator=generator) if x_T is None else x_T
         for t in reversed(range(schedule.T)):
-            x = p_sample(model, x, t, schedule, generator=generator)
+            x = p_sample(model, x, t, schedule, generator=generator, clip_x0=clip_x0, variance=variance)
         return x
 ''')
 
@@ -241,14 +255,14 @@ RECONSTRUCT = _src('''
 
 
     @torch.no_grad()
-    def reconstruct(model, x0, t_start, schedule, *, generator=None, noise=None, progress=False, return_noised=False,
-                    **kwargs):
+    def reconstruct(model, x0, t_start, schedule, *, generator=None, noise=None, clip_x0=True, variance="posterior",
+                    progress=False, return_noised=False):
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator)
         x_t = q_sample(x0, t_start, noise, schedule)
         x = x_t
         for t in range(t_start, -1, -1):
-            x = p_sample(model, x, t, schedule, generator=generator)
+            x = p_sample(model, x, t, schedule, generator=generator, clip_x0=clip_x0, variance=variance)
         return (x, x_t) if return_noised else x
 ''')
 
@@ -282,12 +296,12 @@ DDIM_SAMPLE = _src('''
 
     @torch.no_grad()
     def ddim_sample(model, schedule, shape, *, steps=50, eta=0.0, spacing="trailing", generator=None, device=None,
-                    x_T=None, progress=True, **kwargs):
+                    clip_x0=True, x_T=None, progress=True, **kwargs):
         x = torch.randn(tuple(shape), generator=generator) if x_T is None else x_T
         ts = ddim_timesteps(schedule.T, steps, spacing)
         for i, t in enumerate(ts):
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-            x = ddim_step(model, x, t, t_prev, schedule, eta=eta, generator=generator)
+            x = ddim_step(model, x, t, t_prev, schedule, eta=eta, clip_x0=clip_x0, generator=generator)
         return x
 ''')
 
@@ -388,7 +402,8 @@ MISTAKES: list[Mistake] = [
     ),
     Mistake(
         "cosine_schedule_not_clipped", "cosine_beta_schedule",
-        ("cosine_beta_schedule_values", "cosine_beta_schedule_other_arguments"),
+        ("cosine_beta_schedule_values", "cosine_beta_schedule_other_arguments",
+         "cosine_beta_schedule_falsy_arguments"),
         "forgets to clip β at max_beta, so the last β is 1",
         _src('''
             def cosine_beta_schedule(T, s=0.008, max_beta=0.999):
@@ -401,7 +416,8 @@ MISTAKES: list[Mistake] = [
     Mistake(
         "cumsum_instead_of_cumprod", "NoiseSchedule",
         ("NoiseSchedule_alphas_and_alpha_bars", "NoiseSchedule_posterior_variance",
-         "NoiseSchedule_posterior_mean_coefs", "NoiseSchedule_consistent_with_marginals"),
+         "NoiseSchedule_posterior_mean_coefs", "NoiseSchedule_consistent_with_marginals",
+         "NoiseSchedule_small_inputs"),
         "ᾱ computed with torch.cumsum instead of torch.cumprod",
         _edit(NOISE_SCHEDULE, "torch.cumprod(self.alphas, dim=0)", "torch.cumsum(self.alphas, dim=0)"),
         "torch.cumprod, not torch.cumsum",
@@ -409,14 +425,15 @@ MISTAKES: list[Mistake] = [
     Mistake(
         "alpha_bars_prev_starts_at_zero", "NoiseSchedule",
         ("NoiseSchedule_alphas_and_alpha_bars", "NoiseSchedule_posterior_variance",
-         "NoiseSchedule_posterior_mean_coefs", "NoiseSchedule_consistent_with_marginals"),
+         "NoiseSchedule_posterior_mean_coefs", "NoiseSchedule_consistent_with_marginals",
+         "NoiseSchedule_small_inputs"),
         "ᾱ_{−1} set to 0 instead of 1 (the empty product)",
         _edit(NOISE_SCHEDULE, "torch.ones(1, dtype=torch.float64)", "torch.zeros(1, dtype=torch.float64)"),
         "empty product",
     ),
     Mistake(
         "posterior_variance_is_beta", "NoiseSchedule",
-        ("NoiseSchedule_posterior_variance", "NoiseSchedule_consistent_with_marginals"),
+        ("NoiseSchedule_posterior_variance", "NoiseSchedule_consistent_with_marginals", "NoiseSchedule_small_inputs"),
         "uses β_t as the posterior variance instead of β̃_t",
         _edit(NOISE_SCHEDULE,
               "self.posterior_variance = betas * (1.0 - self.alpha_bars_prev) / (1.0 - self.alpha_bars)",
@@ -425,7 +442,7 @@ MISTAKES: list[Mistake] = [
     ),
     Mistake(
         "gather_without_reshape", "NoiseSchedule",
-        ("NoiseSchedule_gather",),
+        ("NoiseSchedule_gather", "NoiseSchedule_small_inputs"),
         "gather returns values[t] as [B] instead of [B, 1, 1, 1]",
         _edit(NOISE_SCHEDULE, "return out.reshape(t.shape[0], *([1] * (x.ndim - 1)))", "return out"),
         ".reshape(B, 1, 1, 1)",
@@ -433,7 +450,7 @@ MISTAKES: list[Mistake] = [
     # lesson 2
     Mistake(
         "q_sample_alpha_instead_of_alpha_bar", "q_sample",
-        ("q_sample_values", "q_sample_general"),
+        ("q_sample_values", "q_sample_general", "q_sample_edge_timesteps"),
         "uses α_t (one step) instead of the cumulative ᾱ_t",
         _src('''
             def q_sample(x0, t, noise, schedule):
@@ -444,7 +461,7 @@ MISTAKES: list[Mistake] = [
     ),
     Mistake(
         "q_sample_missing_sqrt", "q_sample",
-        ("q_sample_values", "q_sample_t0_is_almost_x0", "q_sample_general"),
+        ("q_sample_values", "q_sample_t0_is_almost_x0", "q_sample_general", "q_sample_edge_timesteps"),
         "multiplies by ᾱ_t and 1 − ᾱ_t instead of their square roots",
         _src('''
             def q_sample(x0, t, noise, schedule):
@@ -455,7 +472,7 @@ MISTAKES: list[Mistake] = [
     ),
     Mistake(
         "q_sample_t_off_by_one", "q_sample",
-        ("q_sample_values", "q_sample_t0_is_almost_x0", "q_sample_general"),
+        ("q_sample_values", "q_sample_t0_is_almost_x0", "q_sample_general", "q_sample_edge_timesteps"),
         "indexes alpha_bars[t − 1] (the paper's 1-based t), so t = 0 wraps round to ᾱ_{T−1}",
         _src('''
             def q_sample(x0, t, noise, schedule):
@@ -466,7 +483,7 @@ MISTAKES: list[Mistake] = [
     ),
     Mistake(
         "predict_x0_inverted", "predict_x0",
-        ("predict_x0_values", "predict_x0_inverts_q_sample"),
+        ("predict_x0_values", "predict_x0_inverts_q_sample", "predict_x0_int_t_and_one_image"),
         "multiplies by √ᾱ_t instead of dividing when solving eq. 4 for x0",
         _src('''
             def predict_x0(x_t, t, eps, schedule):
@@ -477,14 +494,14 @@ MISTAKES: list[Mistake] = [
     ),
     Mistake(
         "q_posterior_swapped_coefficients", "q_posterior",
-        ("q_posterior_mean", "q_posterior_consistent_with_marginals"),
+        ("q_posterior_mean", "q_posterior_consistent_with_marginals", "q_posterior_int_t_and_one_image"),
         "multiplies x0 by the coefficient of x_t and vice versa",
         _edit(Q_POSTERIOR, "return c0 * x0 + ct * x_t,", "return ct * x0 + c0 * x_t,"),
         "swapped",
     ),
     Mistake(
         "q_posterior_variance_beta", "q_posterior",
-        ("q_posterior_variance", "q_posterior_consistent_with_marginals"),
+        ("q_posterior_variance", "q_posterior_consistent_with_marginals", "q_posterior_int_t_and_one_image"),
         "returns β_t as the posterior variance instead of β̃_t",
         _edit(Q_POSTERIOR, "schedule.posterior_variance", "schedule.betas"),
         "that is β_t",
@@ -492,20 +509,10 @@ MISTAKES: list[Mistake] = [
     # lesson 3
     Mistake(
         "embedding_frequencies_over_dim", "SinusoidalTimeEmbedding",
-        ("SinusoidalTimeEmbedding_values", "SinusoidalTimeEmbedding_float_timesteps"),
+        ("SinusoidalTimeEmbedding_values", "SinusoidalTimeEmbedding_float_timesteps",
+         "SinusoidalTimeEmbedding_options_and_edges"),
         "frequencies 10000^(−i/dim) instead of 10000^(−i/h) with h = dim/2",
-        _src('''
-            class SinusoidalTimeEmbedding(nn.Module):
-                def __init__(self, dim, max_period=10000.0):
-                    super().__init__()
-                    half = dim // 2
-                    self.register_buffer("freqs", torch.exp(-math.log(max_period) * torch.arange(half) / dim),
-                                         persistent=False)
-
-                def forward(self, t):
-                    args = t.float()[:, None] * self.freqs[None, :]
-                    return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
-        '''),
+        _edit(TIME_EMBEDDING, "torch.arange(half) / half)", "torch.arange(half) / dim)"),
         "not −i/dim",
     ),
     Mistake(
@@ -518,7 +525,8 @@ MISTAKES: list[Mistake] = [
     ),
     Mistake(
         "resblock_ignores_time", "ResBlock",
-        ("ResBlock_uses_time_embedding", "ResBlock_gradients", "ResBlock_matches_reference_math"),
+        ("ResBlock_uses_time_embedding", "ResBlock_gradients", "ResBlock_matches_reference_math",
+         "ResBlock_honours_groups_and_dropout"),
         "creates the time projection but never applies it in forward",
         _edit(_edit(RESBLOCK, "        scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)\n",
                     ""), "h = self.norm2(h) * (1 + scale) + shift", "h = self.norm2(h)"),
@@ -526,7 +534,7 @@ MISTAKES: list[Mistake] = [
     ),
     Mistake(
         "resblock_adagn_before_norm", "ResBlock",
-        ("ResBlock_adagn_after_norm", "ResBlock_matches_reference_math"),
+        ("ResBlock_adagn_after_norm", "ResBlock_matches_reference_math", "ResBlock_honours_groups_and_dropout"),
         "applies the time embedding's scale and shift before the second GroupNorm, which normalises them away",
         _edit(RESBLOCK, "h = self.norm2(h) * (1 + scale) + shift", "h = self.norm2(h * (1 + scale) + shift)"),
         "before the second GroupNorm",
@@ -565,14 +573,14 @@ MISTAKES: list[Mistake] = [
     # lesson 4
     Mistake(
         "loss_on_x0", "ddpm_loss",
-        ("ddpm_loss_value", "ddpm_loss_default_sampling"),
+        ("ddpm_loss_value", "ddpm_loss_default_sampling", "ddpm_loss_int_t_and_given_noise"),
         "compares the model's output with x0 instead of the noise ε",
         _edit(DDPM_LOSS, "F.mse_loss(model(x_t, t), noise)", "F.mse_loss(model(x_t, t), x0)"),
         "not with x0",
     ),
     Mistake(
         "loss_t_one_based", "ddpm_loss",
-        ("ddpm_loss_default_sampling",),
+        ("ddpm_loss_default_sampling", "ddpm_loss_reaches_both_ends", "ddpm_loss_uses_only_its_generator"),
         "draws t from {1, …, T} (the paper's 1-based range) instead of {0, …, T−1}",
         _edit(DDPM_LOSS, "torch.randint(0, schedule.T,", "torch.randint(1, schedule.T + 1,"),
         "0-based",
@@ -637,7 +645,7 @@ MISTAKES: list[Mistake] = [
     # lesson 5
     Mistake(
         "p_sample_noise_at_t0", "p_sample",
-        ("p_sample_no_noise_at_t0", "p_sample_variance_beta"),
+        ("p_sample_no_noise_at_t0", "p_sample_variance_beta", "p_sample_int_t_and_one_image"),
         "adds σ_t·z at t = 0 too (the last step should return the mean)",
         _edit(P_SAMPLE,
               "    nonzero = (t > 0).float().reshape(-1, 1, 1, 1)\n    return mean + nonzero * var.sqrt() * noise",
@@ -654,14 +662,15 @@ MISTAKES: list[Mistake] = [
     Mistake(
         "sample_wrong_direction", "sample",
         ("sample_visits_every_t_in_order", "sample_gaussian_data", "sample_draws_faces_from_a_trained_model",
-         "sample_point_mass", "sample_two_point_mixture"),
+         "sample_point_mass", "sample_two_point_mixture", "sample_honours_its_options"),
         "runs the reverse loop from t = 0 up to T − 1",
         _edit(SAMPLE, "for t in reversed(range(schedule.T)):", "for t in range(schedule.T):"),
         "wrong direction",
     ),
     Mistake(
         "sample_stops_before_t0", "sample",
-        ("sample_visits_every_t_in_order", "sample_point_mass", "sample_two_point_mixture"),
+        ("sample_visits_every_t_in_order", "sample_point_mass", "sample_two_point_mixture",
+         "sample_honours_its_options"),
         "the loop stops at t = 1, so the final denoising step is missing",
         _edit(SAMPLE, "for t in reversed(range(schedule.T)):", "for t in range(schedule.T - 1, 0, -1):"),
         "stops before t = 0",
@@ -669,7 +678,8 @@ MISTAKES: list[Mistake] = [
     # lesson 6
     Mistake(
         "reconstruct_from_T", "reconstruct",
-        ("reconstruct_starts_at_t_start", "reconstruct_keeps_the_image", "reconstruct_return_noised"),
+        ("reconstruct_starts_at_t_start", "reconstruct_keeps_the_image", "reconstruct_return_noised",
+         "reconstruct_edge_t_start"),
         "noises x0 to T − 1 and denoises from T − 1, ignoring t_start (that is plain generation)",
         _edit(_edit(RECONSTRUCT, "for t in range(t_start, -1, -1):", "for t in range(schedule.T - 1, -1, -1):"),
               "x_t = q_sample(x0, t_start, noise, schedule)", "x_t = q_sample(x0, schedule.T - 1, noise, schedule)"),
@@ -677,7 +687,7 @@ MISTAKES: list[Mistake] = [
     ),
     Mistake(
         "psnr_without_range_mapping", "psnr",
-        ("psnr_known_noise", "psnr_batch_mean"),
+        ("psnr_known_noise", "psnr_batch_mean", "psnr_channels_differ"),
         "scores [−1, 1] images with data_range=1 without mapping them to [0, 1] (6.02 dB too low)",
         _src('''
             from skimage.metrics import peak_signal_noise_ratio
@@ -702,7 +712,7 @@ MISTAKES: list[Mistake] = [
     ),
     Mistake(
         "ssim_without_range_mapping", "ssim",
-        ("ssim_matches_skimage",),
+        ("ssim_matches_skimage", "ssim_channels_differ"),
         "scores [−1, 1] images with data_range=1 without mapping them to [0, 1]",
         _src('''
             from skimage.metrics import structural_similarity
@@ -732,7 +742,8 @@ MISTAKES: list[Mistake] = [
     ),
     Mistake(
         "ddim_sample_ends_at_t0", "ddim_sample",
-        ("ddim_sample_deterministic_chain", "ddim_sample_point_mass", "ddim_sample_two_point_mixture"),
+        ("ddim_sample_deterministic_chain", "ddim_sample_point_mass", "ddim_sample_two_point_mixture",
+         "ddim_sample_honours_its_options"),
         "steps from the last timestep to t = 0 instead of t_prev = −1 (ᾱ = 1): the output keeps a little noise",
         _edit(DDIM_SAMPLE, "t_prev = ts[i + 1] if i + 1 < len(ts) else -1",
               "t_prev = ts[i + 1] if i + 1 < len(ts) else 0"),
@@ -741,7 +752,8 @@ MISTAKES: list[Mistake] = [
     # ---------------------------------------------------------------- lesson 9 (flow matching)
     Mistake(
         "flow_target_sign_flipped", "flow_matching_loss",
-        ("flow_matching_loss_value", "flow_matching_loss_minimised_by_the_exact_velocity"),
+        ("flow_matching_loss_value", "flow_matching_loss_minimised_by_the_exact_velocity",
+         "flow_matching_loss_t_zero_and_one_image"),
         "regresses x0 − ε: the velocity points from the noise to the data, against d x_t/dt",
         _edit(FLOW_LOSS, "target = noise - x0", "target = x0 - noise"),
         "the target has the wrong sign",
@@ -749,7 +761,7 @@ MISTAKES: list[Mistake] = [
     Mistake(
         "flow_path_endpoints_swapped", "flow_matching_loss",
         ("flow_matching_loss_value", "flow_matching_loss_calls_the_model_on_the_path",
-         "flow_matching_loss_minimised_by_the_exact_velocity"),
+         "flow_matching_loss_minimised_by_the_exact_velocity", "flow_matching_loss_t_zero_and_one_image"),
         "x_t = t·x0 + (1 − t)·ε: the data sit at t = 1 and the noise at t = 0",
         _edit(FLOW_LOSS, "x_t = (1 - tt) * x0 + tt * noise", "x_t = tt * x0 + (1 - tt) * noise"),
         "the path endpoints are swapped",
@@ -757,7 +769,8 @@ MISTAKES: list[Mistake] = [
     Mistake(
         "flow_loss_time_unscaled", "flow_matching_loss",
         ("flow_matching_loss_value", "flow_matching_loss_calls_the_model_on_the_path",
-         "flow_matching_loss_draws_t_and_noise", "flow_matching_loss_minimised_by_the_exact_velocity"),
+         "flow_matching_loss_draws_t_and_noise", "flow_matching_loss_minimised_by_the_exact_velocity",
+         "flow_matching_loss_t_zero_and_one_image"),
         "trains the network on the time t ∈ [0, 1] while the samplers feed 1000·t",
         _edit(FLOW_LOSS, "model(x_t, TIME_SCALE * t)", "model(x_t, t)"),
         "not t itself",
@@ -765,7 +778,8 @@ MISTAKES: list[Mistake] = [
     Mistake(
         "flow_euler_wrong_time_direction", "euler_sample",
         ("euler_sample_calls_the_model_on_the_time_grid", "euler_sample_steps", "euler_sample_returns_the_data",
-         "euler_sample_few_steps_match_the_exact_recursion", "euler_sample_two_point_mixture"),
+         "euler_sample_few_steps_match_the_exact_recursion", "euler_sample_two_point_mixture",
+         "euler_sample_generator_and_one_step"),
         "integrates from t = 0 up to t = 1, starting the noise at the data end",
         _edit(EULER_SAMPLE, "t, t_next = 1 - i / steps, 1 - (i + 1) / steps", "t, t_next = i / steps, (i + 1) / steps"),
         "wrong time direction",
@@ -773,7 +787,7 @@ MISTAKES: list[Mistake] = [
     Mistake(
         "flow_euler_step_sign_flipped", "euler_sample",
         ("euler_sample_steps", "euler_sample_returns_the_data", "euler_sample_few_steps_match_the_exact_recursion",
-         "euler_sample_two_point_mixture"),
+         "euler_sample_two_point_mixture", "euler_sample_generator_and_one_step"),
         "steps x ← x + v/steps although t decreases (dt = −1/steps)",
         _edit(EULER_SAMPLE, "x = x + (t_next - t) * v", "x = x + v / steps"),
         "wrong sign of the step",
@@ -781,14 +795,16 @@ MISTAKES: list[Mistake] = [
     Mistake(
         "flow_euler_time_as_step_index", "euler_sample",
         ("euler_sample_calls_the_model_on_the_time_grid", "euler_sample_steps", "euler_sample_returns_the_data",
-         "euler_sample_few_steps_match_the_exact_recursion", "euler_sample_two_point_mixture"),
+         "euler_sample_few_steps_match_the_exact_recursion", "euler_sample_two_point_mixture",
+         "euler_sample_generator_and_one_step"),
         "feeds the network the loop index, as DDPM's integer timesteps, instead of the 1000·t it was trained on",
         _edit(EULER_SAMPLE, "torch.full((x.shape[0],), TIME_SCALE * t)", "torch.full((x.shape[0],), steps - 1 - i)"),
         "not the step index",
     ),
     Mistake(
         "flow_heun_corrector_reuses_old_velocity", "heun_sample",
-        ("heun_sample_steps", "heun_sample_returns_the_data", "heun_sample_few_steps_match_the_exact_recursion"),
+        ("heun_sample_steps", "heun_sample_returns_the_data", "heun_sample_few_steps_match_the_exact_recursion",
+         "heun_sample_generator_and_one_step"),
         "the corrector averages the old velocity with itself: two model calls per step for an Euler step",
         _edit(HEUN_SAMPLE, "x = x + h * (v + v_next) / 2", "x = x + h * (v + v) / 2"),
         "the corrector used the old velocity twice",
@@ -796,7 +812,8 @@ MISTAKES: list[Mistake] = [
     Mistake(
         "flow_heun_time_unscaled", "heun_sample",
         ("heun_sample_calls_the_model", "heun_sample_steps", "heun_sample_returns_the_data",
-         "heun_sample_few_steps_match_the_exact_recursion", "heun_sample_two_point_mixture"),
+         "heun_sample_few_steps_match_the_exact_recursion", "heun_sample_two_point_mixture",
+         "heun_sample_generator_and_one_step"),
         "feeds the network t ∈ [0, 1] while it was trained on 1000·t",
         _edit(_edit(HEUN_SAMPLE, "torch.full((x.shape[0],), TIME_SCALE * t))", "torch.full((x.shape[0],), t))"),
               "torch.full((x.shape[0],), TIME_SCALE * t_next)", "torch.full((x.shape[0],), t_next)"),
@@ -862,13 +879,13 @@ ALTERNATIVES: list[Alternative] = [
     ''')),
     Alternative("embedding_pow", "SinusoidalTimeEmbedding", "10000 ** (−i/h) computed per call", _src('''
         class SinusoidalTimeEmbedding(nn.Module):
-            def __init__(self, dim):
+            def __init__(self, dim, max_period=10000.0):
                 super().__init__()
-                self.dim = dim
+                self.dim, self.max_period = dim, max_period
 
             def forward(self, t):
                 half = self.dim // 2
-                freqs = 10000.0 ** (-torch.arange(half, dtype=torch.float32) / half)
+                freqs = self.max_period ** (-torch.arange(half, dtype=torch.float32) / half)
                 args = t.float().unsqueeze(1) * freqs.unsqueeze(0)
                 return torch.cat([args.sin(), args.cos()], dim=1)
     ''')),
@@ -1367,6 +1384,8 @@ CFG_SAMPLE = _src('''
             if clip_x0:
                 x0 = x0.clamp(-1, 1)
             mean, var = q_posterior(x0, x, t, schedule)
+            if variance == "beta":
+                var = schedule.gather(schedule.betas, t, x)
             noise = torch.randn(x.shape, generator=generator)
             x = mean + (var.sqrt() * noise if step > 0 else 0)
         return x
@@ -1374,25 +1393,29 @@ CFG_SAMPLE = _src('''
 
 MISTAKES += [
     Mistake("label_embedding_no_null_row", "LabelEmbedding",
-            ("LabelEmbedding_shapes_and_null_label", "LabelEmbedding_in_the_unet", "LabelEmbedding_any_size"),
+            ("LabelEmbedding_shapes_and_null_label", "LabelEmbedding_in_the_unet", "LabelEmbedding_any_size",
+             "LabelEmbedding_one_label"),
             "a table of num_classes rows: the null label ∅ = num_classes has no vector",
             _edit(LABEL_EMBEDDING, "nn.Embedding(num_classes + 1, dim)", "nn.Embedding(num_classes, dim)"),
             "the null label needs its own row"),
     Mistake("drop_labels_never_drops", "drop_labels",
             ("drop_labels_extremes", "drop_labels_rate", "drop_labels_uses_the_generator",
-             "drop_labels_every_class_alike"),
+             "drop_labels_every_class_alike", "drop_labels_small_batches",
+             "drop_labels_uses_only_its_generator"),
             "label dropout missing: the null label is never trained, so guidance amplifies an untrained ε(x, ∅)",
             _src('''
         def drop_labels(labels, p_uncond, null_label, *, generator=None):
             return labels.clone()
     '''), "the null label is never trained"),
     Mistake("drop_labels_keeps_p_uncond", "drop_labels",
-            ("drop_labels_extremes", "drop_labels_rate", "drop_labels_every_class_alike"),
+            ("drop_labels_extremes", "drop_labels_rate", "drop_labels_every_class_alike",
+             "drop_labels_small_batches"),
             "u > p_uncond: drops 1 − p_uncond of the labels",
             _edit(DROP_LABELS, "< p_uncond", "> p_uncond"), "the wrong way round"),
     Mistake("drop_labels_in_place", "drop_labels",  # every call of it changes its input: every check fails
             ("drop_labels_extremes", "drop_labels_rate", "drop_labels_uses_the_generator",
-             "drop_labels_every_class_alike", "drop_labels_leaves_the_input_alone"),
+             "drop_labels_every_class_alike", "drop_labels_leaves_the_input_alone",
+             "drop_labels_small_batches", "drop_labels_uses_only_its_generator"),
             "writes ∅ into the caller's labels",
             _src('''
         def drop_labels(labels, p_uncond, null_label, *, generator=None):
@@ -1400,13 +1423,16 @@ MISTAKES += [
             return labels
     '''), "changed its input in place"),
     Mistake("guided_eps_swapped", "guided_eps", ("guided_eps_formula", "guided_eps_null_label", "guided_eps_int_t",
-                                                 "guided_eps_with_the_oracle"),
+                                                 "guided_eps_with_the_oracle",
+                                                 "guided_eps_null_label_zero"),
             "conditional and unconditional estimates swapped: ε(c) + w·(ε(∅) − ε(c))",
             _edit(GUIDED_EPS, "return eps_uncond + w * (eps_cond - eps_uncond)",
                   "return eps_cond + w * (eps_uncond - eps_cond)"),
             "conditional and unconditional estimates are swapped"),
-    Mistake("guided_eps_one_plus_w", "guided_eps", ("guided_eps_formula", "guided_eps_null_label", "guided_eps_int_t",
-                                                    "guided_eps_with_the_oracle"),
+    Mistake("guided_eps_one_plus_w", "guided_eps", ("guided_eps_formula", "guided_eps_null_label",
+                                                    "guided_eps_int_t",
+                                                    "guided_eps_with_the_oracle",
+                                                    "guided_eps_null_label_zero"),
             "the (1 + w) form of Ho & Salimans with this course's w: w = 1 already guides",
             _edit(GUIDED_EPS, "return eps_uncond + w * (eps_cond - eps_uncond)",
                   "return (1 + w) * eps_cond - w * eps_uncond"),
@@ -1422,14 +1448,16 @@ MISTAKES += [
             return eps_uncond + w * (eps_cond - eps_uncond)
     '''), "use one forward pass"),
     Mistake("cfg_sample_drops_labels", "cfg_sample",
-            ("cfg_sample_guides_the_noise_estimate", "cfg_sample_w1_returns_each_class"),
+            ("cfg_sample_guides_the_noise_estimate", "cfg_sample_w1_returns_each_class",
+             "cfg_sample_honours_its_options"),
             "labels dropped at sampling time too (as in training)",
             _edit(CFG_SAMPLE, "    x = torch.randn(tuple(shape), generator=generator) if x_T is None else x_T\n",
                   "    x = torch.randn(tuple(shape), generator=generator) if x_T is None else x_T\n"
                   "    null = model.num_classes if null_label is None else null_label\n"
                   "    labels = torch.where(torch.rand(labels.shape, generator=generator) < 0.1, null, labels)\n"),
             "labels are dropped only in training, never at sampling time"),
-    Mistake("cfg_sample_guides_x0", "cfg_sample", ("cfg_sample_guides_the_noise_estimate",),
+    Mistake("cfg_sample_guides_x0", "cfg_sample", ("cfg_sample_guides_the_noise_estimate",
+                                                   "cfg_sample_honours_its_options"),
             "guidance applied to x̂0 with the ε formula, after clipping each x̂0",
             _src('''
         from ddpm_ref import predict_x0, q_posterior
@@ -1448,6 +1476,8 @@ MISTAKES += [
                     x0_c, x0_u = x0_c.clamp(-1, 1), x0_u.clamp(-1, 1)
                 x0 = x0_u + w * (x0_c - x0_u)
                 mean, var = q_posterior(x0, x, t, schedule)
+                if variance == "beta":
+                    var = schedule.gather(schedule.betas, t, x)
                 noise = torch.randn(x.shape, generator=generator)
                 x = mean + (var.sqrt() * noise if step > 0 else 0)
             return x
@@ -1499,6 +1529,412 @@ ALTERNATIVES += [
 
             return ddpm_ref.sample(guided, schedule, shape, generator=generator, device=device, clip_x0=clip_x0,
                                    variance=variance, x_T=x_T, progress=progress)
+    ''')),
+]
+
+
+# ------------------------------------------------------------------------------------------------ the four contract
+# classes (tests/test_usage_contract.py): options not honoured or not passed on, inputs changed in place, randomness not
+# from the generator, small or edge inputs. At least one mistake per class in each lesson where the class applies.
+
+#: the step lines of the SAMPLE and DDIM_SAMPLE templates
+_SAMPLE_STEP = "x = p_sample(model, x, t, schedule, generator=generator, clip_x0=clip_x0, variance=variance)"
+_DDIM_CALL = "ddim_step(model, x, t, t_prev, schedule, eta=eta, clip_x0=clip_x0, generator=generator)"
+
+MISTAKES += [
+    # lesson 1
+    Mistake("cosine_schedule_s_or_default", "cosine_beta_schedule", ("cosine_beta_schedule_falsy_arguments",),
+            "s = s or 0.008: the valid offset s = 0.0 is replaced by the default",
+            _src('''
+        def cosine_beta_schedule(T, s=0.008, max_beta=0.999):
+            s = s or 0.008
+            steps = torch.arange(T + 1, dtype=torch.float64) / T
+            f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+            return (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+    '''), "s = 0.0 was replaced by the default"),
+    Mistake("noise_schedule_alphas_in_place", "NoiseSchedule", ("NoiseSchedule_alphas_and_alpha_bars",
+                                                                "NoiseSchedule_consistent_with_marginals",
+                                                                "NoiseSchedule_gather",
+                                                                "NoiseSchedule_posterior_mean_coefs",
+                                                                "NoiseSchedule_posterior_variance",
+                                                                "NoiseSchedule_small_inputs"),
+            "α = 1 − β computed in place on the caller's β (betas.mul_(-1).add_(1))",
+            _edit(_edit(NOISE_SCHEDULE, "self.betas = betas\n", "self.betas = betas.clone()\n"),
+                  "self.alphas = 1.0 - betas", "self.alphas = betas.mul_(-1).add_(1.0)"),
+            "changed its input in place"),
+    Mistake("gather_int_t_as_0d", "NoiseSchedule", ("NoiseSchedule_gather", "NoiseSchedule_small_inputs"),
+            "gather turns an int t into a 0-d tensor and reshapes by t.shape[0]",
+            _edit(NOISE_SCHEDULE, '''        if isinstance(t, int):
+            t = torch.full((x.shape[0],), t, dtype=torch.long)
+''', '''        t = torch.as_tensor(t)
+'''), "IndexError"),
+    # lesson 2
+    Mistake("predict_x0_int_t_crashes", "predict_x0", ("predict_x0_int_t_and_one_image",),
+            "reshapes the gathered ᾱ by len(t): an int t (one timestep for the batch) crashes",
+            _src('''
+        def predict_x0(x_t, t, eps, schedule):
+            ab = schedule.alpha_bars[t].float().view(len(t), 1, 1, 1)
+            return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+    '''), "has no len()"),
+    Mistake("predict_x0_in_place", "predict_x0", ("predict_x0_int_t_and_one_image", "predict_x0_inverts_q_sample",
+                                                  "predict_x0_values"),
+            "solves for x̂0 in place on the caller's x_t",
+            _src('''
+        def predict_x0(x_t, t, eps, schedule):
+            ab = schedule.gather(schedule.alpha_bars, t, x_t)
+            return x_t.sub_((1 - ab).sqrt() * eps).div_(ab.sqrt())
+    '''), "changed its input in place"),
+    # lesson 3
+    Mistake("embedding_ignores_max_period", "SinusoidalTimeEmbedding", ("SinusoidalTimeEmbedding_options_and_edges",),
+            "hard-codes 10000 as the period: max_period is ignored",
+            _src('''
+        class SinusoidalTimeEmbedding(nn.Module):
+            def __init__(self, dim, max_period=10000.0):
+                super().__init__()
+                self.dim = dim
+
+            def forward(self, t):
+                half = self.dim // 2
+                freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+                args = t.float()[:, None] * freqs[None]
+                return torch.cat([args.sin(), args.cos()], dim=-1)
+    '''), "max_period was ignored"),
+    Mistake("embedding_squeezes_the_batch", "SinusoidalTimeEmbedding", ("SinusoidalTimeEmbedding_options_and_edges",),
+            "squeezes the output: a batch of one timestep loses its batch dimension",
+            _edit(TIME_EMBEDDING, "return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)",
+                  "return torch.cat([torch.sin(args), torch.cos(args)], dim=-1).squeeze()"),
+            "no .squeeze()"),
+    Mistake("resblock_residual_into_input", "ResBlock", ("ResBlock_honours_groups_and_dropout",
+                                                         "ResBlock_matches_reference_math",
+                                                         "ResBlock_one_image_leaves_its_inputs_alone"),
+            "adds h into skip(x) in place: with an identity skip that is the caller's x",
+            _edit(RESBLOCK, "        return h + self.skip(x)\n",
+                  "        out = self.skip(x)\n        out += h\n        return out\n"),
+            "changed in place"),
+    Mistake("attention_residual_into_input", "SelfAttention", ("SelfAttention_global_mixing",
+                                                               "SelfAttention_matches_reference_math",
+                                                               "SelfAttention_one_image_leaves_its_input_alone",
+                                                               "SelfAttention_permutation_equivariance"),
+            "x += proj(out): the residual is written into the caller's input",
+            _edit(SELF_ATTENTION, "        return x + self.proj(out)\n",
+                  "        x += self.proj(out)\n        return x\n"),
+            "changed in place"),
+    Mistake("unet_always_attention", "UNet", ("UNet_honours_its_options",),
+            "builds the bottleneck attention whatever `attention` says",
+            _edit(UNET, "self.mid_attn = SelfAttention(ch, num_heads, groups=groups) if attention else nn.Identity()",
+                  "self.mid_attn = SelfAttention(ch, num_heads, groups=groups)"),
+            "use the argument attention"),
+    # lesson 4
+    Mistake("loss_ignores_int_t", "ddpm_loss", ("ddpm_loss_int_t_and_given_noise",),
+            "draws t whenever t is not a tensor: an int t (0 included) is ignored",
+            _edit(DDPM_LOSS, "    if t is None:\n", "    if t is None or not torch.is_tensor(t):\n"),
+            "an int t is one timestep"),
+    Mistake("loss_t_from_one", "ddpm_loss", ("ddpm_loss_reaches_both_ends",),
+            "torch.randint(1, T): t = 0, the step the sampler ends on, is never trained",
+            _edit(DDPM_LOSS, "torch.randint(0, schedule.T,", "torch.randint(1, schedule.T,"),
+            "both ends included"),
+    Mistake("loss_noise_randn_like", "ddpm_loss", ("ddpm_loss_default_sampling", "ddpm_loss_uses_only_its_generator"),
+            "draws the noise with torch.randn_like(x0), ignoring the generator",
+            _edit(DDPM_LOSS, "noise = torch.randn(x0.shape, generator=generator)", "noise = torch.randn_like(x0)"),
+            "global random state"),
+    Mistake("loss_noises_x0_in_place", "ddpm_loss", ("ddpm_loss_default_sampling", "ddpm_loss_int_t_and_given_noise",
+                                                     "ddpm_loss_reaches_both_ends",
+                                                     "ddpm_loss_uses_only_its_generator",
+                                                     "ddpm_loss_value"),
+            "builds x_t in place on the caller's x0",
+            _edit(DDPM_LOSS, "    x_t = q_sample(x0, t, noise, schedule)\n",
+                  "    ab = schedule.gather(schedule.alpha_bars, t, x0)\n"
+                  "    x_t = x0.mul_(ab.sqrt()).add_((1 - ab).sqrt() * noise)\n"),
+            "changed its input in place"),
+    Mistake("train_step_loss_without_generator", "train_step", ("train_step_uses_only_its_generator",),
+            "calls ddpm_loss without passing the generator on",
+            _edit(TRAIN_STEP, "loss = ddpm_loss(model, x0, schedule, generator=generator)",
+                  "loss = ddpm_loss(model, x0, schedule)"),
+            "global random state"),
+    # lesson 5
+    Mistake("p_sample_int_t_crashes", "p_sample", ("p_sample_int_t_and_one_image",),
+            "masks the noise with (t > 0).float(): an int t (one timestep for the batch) crashes",
+            _src('''
+        from ddpm_ref import predict_x0, q_posterior
+
+
+        @torch.no_grad()
+        def p_sample(model, x_t, t, schedule, *, generator=None, clip_x0=True, variance="posterior", noise=None):
+            eps = model(x_t, t)
+            x0 = predict_x0(x_t, t, eps, schedule)
+            if clip_x0:
+                x0 = x0.clamp(-1, 1)
+            mean, var = q_posterior(x0, x_t, t, schedule)
+            if variance == "beta":
+                var = schedule.gather(schedule.betas, t, x_t)
+            if noise is None:
+                noise = torch.randn(x_t.shape, generator=generator)
+            return mean + (t > 0).float().reshape(-1, 1, 1, 1) * var.sqrt() * noise
+    '''), "'bool' object has no attribute 'float'"),
+    Mistake("sample_ignores_x_T", "sample", ("sample_honours_its_options",),
+            "always starts from fresh noise: x_T is ignored",
+            _edit(SAMPLE, "x = torch.randn(tuple(shape), generator=generator) if x_T is None else x_T",
+                  "x = torch.randn(tuple(shape), generator=generator)"),
+            "start the chain from x_T"),
+    Mistake("sample_drops_its_options", "sample", ("sample_honours_its_options",),
+            "never passes clip_x0 and variance on to p_sample",
+            _edit(SAMPLE, _SAMPLE_STEP,
+                  "x = p_sample(model, x, t, schedule, generator=generator)"),
+            "pass clip_x0=clip_x0 and variance=variance on"),
+    Mistake("sample_steps_without_generator", "sample", ("sample_uses_only_its_generator",),
+            "draws x_T from the generator but never passes it on to p_sample",
+            _edit(SAMPLE, _SAMPLE_STEP,
+                  "x = p_sample(model, x, t, schedule, clip_x0=clip_x0, variance=variance)"),
+            "global random state"),
+    Mistake("sample_writes_into_x_T", "sample", ("sample_honours_its_options",),
+            "updates x in place with x.copy_(…), and x is the caller's x_T",
+            _edit(SAMPLE, "        x = p_sample(model, x, t, schedule, generator=generator, clip_x0=clip_x0, "
+                  "variance=variance)",
+                  "        x.copy_(p_sample(model, x, t, schedule, generator=generator, clip_x0=clip_x0, "
+                  "variance=variance))"),
+            "changed its input in place"),
+    # lesson 6
+    Mistake("reconstruct_t_start_or_T", "reconstruct", ("reconstruct_edge_t_start",),
+            "t_start = t_start or T − 1: the valid start t_start = 0 becomes plain generation",
+            _edit(RECONSTRUCT, "    if noise is None:\n",
+                  "    t_start = t_start or schedule.T - 1\n    if noise is None:\n"),
+            "t_start = 0 is a valid start"),
+    Mistake("reconstruct_drops_its_options", "reconstruct", ("reconstruct_honours_its_options",),
+            "never passes clip_x0 and variance on to p_sample",
+            _edit(RECONSTRUCT, "x = p_sample(model, x, t, schedule, generator=generator, clip_x0=clip_x0, "
+                  "variance=variance)", "x = p_sample(model, x, t, schedule, generator=generator)"),
+            "pass clip_x0=clip_x0 and variance=variance on"),
+    Mistake("reconstruct_steps_without_generator", "reconstruct", ("reconstruct_uses_only_its_generator",),
+            "draws the noise from the generator but never passes it on to p_sample",
+            _edit(RECONSTRUCT, "x = p_sample(model, x, t, schedule, generator=generator, clip_x0=clip_x0, "
+                  "variance=variance)", "x = p_sample(model, x, t, schedule, clip_x0=clip_x0, variance=variance)"),
+            "global random state"),
+    Mistake("psnr_mean_over_channels", "psnr", ("psnr_channels_differ",),
+            "one PSNR per channel, averaged: not the PSNR of the image",
+            _src('''
+        def psnr(x, y):
+            a, b = (x.double() + 1) / 2, (y.double() + 1) / 2
+            mse = ((a - b) ** 2).mean(dim=(2, 3))  # [B, C]
+            return float((10 * torch.log10(1.0 / mse)).mean())
+    '''), "PSNR averaged over channels"),
+    Mistake("psnr_maps_in_place", "psnr", ("psnr_batch_mean", "psnr_channels_differ", "psnr_identical_is_inf",
+                                           "psnr_known_noise"),
+            "maps [−1, 1] to [0, 1] in place on the caller's images",
+            _src('''
+        def psnr(x, y):
+            a, b = x.add_(1).div_(2).double(), y.add_(1).div_(2).double()
+            mse = ((a - b) ** 2).flatten(1).mean(dim=1)
+            return float((10 * torch.log10(1.0 / mse)).mean())
+    '''), "changed its input in place"),
+    Mistake("ssim_maps_in_place", "ssim", ("ssim_channels_differ", "ssim_identical_is_one", "ssim_matches_skimage"),
+            "maps [−1, 1] to [0, 1] in place on the caller's images",
+            _src('''
+        from skimage.metrics import structural_similarity
+
+
+        def ssim(x, y):
+            a, b = x.add_(1).div_(2).double().numpy(), y.add_(1).div_(2).double().numpy()
+            return float(np.mean([structural_similarity(a[i], b[i], data_range=1.0, channel_axis=0)
+                                  for i in range(len(a))]))
+    '''), "changed its input in place"),
+    # lesson 7
+    Mistake("ddim_sample_drops_eta", "ddim_sample", ("ddim_sample_honours_its_options",),
+            "never passes eta on to ddim_step: every chain is deterministic",
+            _edit(DDIM_SAMPLE, _DDIM_CALL,
+                  "ddim_step(model, x, t, t_prev, schedule, clip_x0=clip_x0, generator=generator)"),
+            "pass eta=eta"),
+    Mistake("ddim_sample_drops_clip_x0", "ddim_sample", ("ddim_sample_honours_its_options",),
+            "never passes clip_x0 on to ddim_step",
+            _edit(DDIM_SAMPLE, _DDIM_CALL,
+                  "ddim_step(model, x, t, t_prev, schedule, eta=eta, generator=generator)"),
+            "pass clip_x0=clip_x0 on"),
+    Mistake("ddim_sample_steps_without_generator", "ddim_sample", ("ddim_sample_uses_only_its_generator",),
+            "draws x_T from the generator but never passes it on to ddim_step",
+            _edit(DDIM_SAMPLE, _DDIM_CALL,
+                  "ddim_step(model, x, t, t_prev, schedule, eta=eta, clip_x0=clip_x0)"),
+            "global random state"),
+    Mistake("ddim_sample_writes_into_x_T", "ddim_sample", ("ddim_sample_deterministic_chain",
+                                                           "ddim_sample_honours_its_options"),
+            "updates x in place with x.copy_(…), and x is the caller's x_T",
+            _edit(DDIM_SAMPLE, "        x = ddim_step(model, x, t, t_prev, schedule, eta=eta, clip_x0=clip_x0, "
+                  "generator=generator)",
+                  "        x.copy_(ddim_step(model, x, t, t_prev, schedule, eta=eta, clip_x0=clip_x0, "
+                  "generator=generator))"),
+            "changed its input in place"),
+    Mistake("ddim_step_noise_randn_like", "ddim_step", ("ddim_step_fresh_noise", "ddim_step_uses_only_its_generator"),
+            "draws z with torch.randn_like(x_t), ignoring the generator",
+            _edit(DDIM_STEP, "noise = torch.randn(x_t.shape, generator=generator)", "noise = torch.randn_like(x_t)"),
+            "generator"),
+    # lesson 8
+    Mistake("label_embedding_squeezes_the_batch", "LabelEmbedding", ("LabelEmbedding_one_label",),
+            "squeezes the output: one label loses its batch dimension",
+            _edit(LABEL_EMBEDDING, "return self.embedding(labels)", "return self.embedding(labels).squeeze()"),
+            "no .squeeze()"),
+    Mistake("drop_labels_exactly_round_p_b", "drop_labels", ("drop_labels_small_batches",),
+            "drops exactly round(p·B) labels per batch: a batch of 8 at p = 0.1 always drops one",
+            _src('''
+        def drop_labels(labels, p_uncond, null_label, *, generator=None):
+            k = round(p_uncond * labels.shape[0])
+            idx = torch.randperm(labels.shape[0], generator=generator)[:k]
+            out = labels.clone()
+            out[idx] = null_label
+            return out
+    '''), "not a fixed number round(p·B) per batch"),
+    Mistake("drop_labels_bernoulli_without_generator", "drop_labels", ("drop_labels_uses_only_its_generator",
+                                                                       "drop_labels_uses_the_generator"),
+            "torch.bernoulli without the generator: the drops come from the global random state",
+            _src('''
+        def drop_labels(labels, p_uncond, null_label, *, generator=None):
+            mask = torch.bernoulli(torch.full(labels.shape, float(p_uncond))).bool()
+            return labels.masked_fill(mask, null_label)
+    '''), "generator"),
+    Mistake("guided_eps_null_label_or_default", "guided_eps", ("guided_eps_null_label_zero",),
+            "null_label or model.num_classes: the valid null label 0 is replaced by the default",
+            _edit(GUIDED_EPS, "    if null_label is None:\n        null_label = model.num_classes\n",
+                  "    null_label = null_label or model.num_classes\n"),
+            "null_label = 0 was replaced by model.num_classes"),
+    Mistake("cfg_sample_drops_null_label", "cfg_sample", ("cfg_sample_honours_its_options",),
+            "never passes null_label on to guided_eps",
+            _edit(CFG_SAMPLE, "eps = guided_eps(model, x, t, labels, w, null_label=null_label)",
+                  "eps = guided_eps(model, x, t, labels, w)"),
+            "pass null_label=null_label on"),
+    Mistake("cfg_sample_writes_into_x_T", "cfg_sample", ("cfg_sample_guides_the_noise_estimate",
+                                                         "cfg_sample_honours_its_options"),
+            "updates x in place with x.copy_(…), and x is the caller's x_T",
+            _edit(CFG_SAMPLE, "        x = mean + (var.sqrt() * noise if step > 0 else 0)\n",
+                  "        x.copy_(mean + (var.sqrt() * noise if step > 0 else 0))\n"),
+            "changed its input in place"),
+    Mistake("cfg_sample_noise_randn_like", "cfg_sample", ("cfg_sample_starts_from_noise",
+                                                          "cfg_sample_uses_only_its_generator"),
+            "draws each step's noise with torch.randn_like(x), ignoring the generator",
+            _edit(CFG_SAMPLE, "        noise = torch.randn(x.shape, generator=generator)\n",
+                  "        noise = torch.randn_like(x)\n"),
+            "global random state"),
+    # lesson 9
+    Mistake("flow_loss_t_or_random", "flow_matching_loss", ("flow_matching_loss_t_zero_and_one_image",),
+            "t = t if t else torch.rand(…): the valid time t = 0.0 is replaced by a random one",
+            _edit(FLOW_LOSS, "    if t is None:\n", "    if t is None or (isinstance(t, float) and not t):\n"),
+            "0.0 included"),
+    Mistake("flow_loss_noise_randn_like", "flow_matching_loss", ("flow_matching_loss_draws_t_and_noise",
+                                                                 "flow_matching_loss_uses_only_its_generator"),
+            "draws ε with torch.randn_like(x0), ignoring the generator",
+            _edit(FLOW_LOSS, "noise = torch.randn(x0.shape, generator=generator)", "noise = torch.randn_like(x0)"),
+            "generator"),
+    Mistake("flow_euler_writes_into_x1", "euler_sample", ("euler_sample_few_steps_match_the_exact_recursion",
+                                                          "euler_sample_generator_and_one_step",
+                                                          "euler_sample_steps"),
+            "steps x in place (x += …) with x the caller's x1",
+            _src('''
+        from ddpm_ref.flow import TIME_SCALE
+
+
+        @torch.no_grad()
+        def euler_sample(model, shape, *, steps=50, generator=None, device=None, x1=None, progress=True):
+            x = torch.randn(tuple(shape), generator=generator) if x1 is None else x1
+            for i in range(steps):
+                t, t_next = 1 - i / steps, 1 - (i + 1) / steps
+                x += (t_next - t) * model(x, torch.full((x.shape[0],), TIME_SCALE * t))
+            return x
+    '''), "changed its input in place"),
+    Mistake("flow_heun_noise_without_generator", "heun_sample", ("heun_sample_generator_and_one_step",),
+            "draws x1 with torch.randn(shape), ignoring the generator",
+            _edit(HEUN_SAMPLE, "torch.randn(tuple(shape), generator=generator)", "torch.randn(tuple(shape))"),
+            "global random state"),
+]
+
+ALTERNATIVES += [
+    Alternative("noise_schedule_clones_betas", "NoiseSchedule", "a float64 copy of β, then the tables in place on it",
+                _edit(_edit(NOISE_SCHEDULE, "betas = torch.as_tensor(betas, dtype=torch.float64)",
+                            "betas = torch.tensor(betas, dtype=torch.float64) if not torch.is_tensor(betas) else "
+                            "betas.detach().to(torch.float64, copy=True)"),
+                      "self.alphas = 1.0 - betas", "self.alphas = betas.clone().neg_().add_(1.0)")),
+    Alternative("predict_x0_as_tensor_t", "predict_x0", "torch.as_tensor(t) broadcast by hand, in float64", _src('''
+        def predict_x0(x_t, t, eps, schedule):
+            t = torch.as_tensor(t).reshape(-1)
+            ab = schedule.alpha_bars[t].reshape(-1, *([1] * (x_t.dim() - 1)))
+            return ((x_t.double() - (1 - ab).sqrt() * eps.double()) / ab.sqrt()).to(x_t.dtype)
+    ''')),
+    Alternative("ddpm_loss_int_t_filled", "ddpm_loss", "an int t made into a batch with torch.full, t from randint(T)",
+                _src('''
+        def ddpm_loss(model, x0, schedule, *, t=None, noise=None, generator=None):
+            b = x0.shape[0]
+            if t is None:
+                t = torch.randint(schedule.T, (b,), generator=generator)
+            elif isinstance(t, int):
+                t = torch.full((b,), t, dtype=torch.long)
+            noise = torch.randn(x0.shape, generator=generator) if noise is None else noise
+            ab = schedule.alpha_bars.to(x0.dtype)[t].view(b, 1, 1, 1)
+            return F.mse_loss(model(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t), noise)
+    ''')),
+    Alternative("sample_clones_then_updates_in_place", "sample", "x_T cloned, then each step copied into x",
+                _edit(_edit(SAMPLE, "x = torch.randn(tuple(shape), generator=generator) if x_T is None else x_T",
+                            "x = torch.randn(tuple(shape), generator=generator) if x_T is None else x_T.clone()"),
+                      "        x = p_sample(model, x, t, schedule, generator=generator, clip_x0=clip_x0, "
+                      "variance=variance)",
+                      "        x.copy_(p_sample(model, x, t, schedule, generator=generator, clip_x0=clip_x0, "
+                      "variance=variance))")),
+    Alternative("reconstruct_while_loop", "reconstruct", "a while loop from t_start down to 0, the options as a dict",
+                _src('''
+        from ddpm_ref import p_sample, q_sample
+
+
+        @torch.no_grad()
+        def reconstruct(model, x0, t_start, schedule, *, generator=None, noise=None, clip_x0=True, variance="posterior",
+                        progress=False, return_noised=False):
+            opts = {"generator": generator, "clip_x0": clip_x0, "variance": variance}
+            eps = noise if noise is not None else torch.randn(x0.shape, generator=generator)
+            x = x_start = q_sample(x0, t_start, eps, schedule)
+            t = t_start
+            while t >= 0:
+                x = p_sample(model, x, t, schedule, **opts)
+                t -= 1
+            return (x, x_start) if return_noised else x
+    ''')),
+    Alternative("psnr_mse_per_image", "psnr", "the MSE per image with torch.mean over (1, 2, 3)", _src('''
+        def psnr(x, y):
+            mse = torch.mean(((x - y).double() / 2) ** 2, dim=(1, 2, 3))
+            return float(torch.mean(-10 * torch.log10(mse)))
+    ''')),
+    Alternative("ddim_sample_clones_x_T", "ddim_sample", "x_T cloned, then each step copied into x",
+                _edit(_edit(DDIM_SAMPLE, "x = torch.randn(tuple(shape), generator=generator) if x_T is None else x_T",
+                            "x = torch.randn(tuple(shape), generator=generator) if x_T is None else x_T.clone()"),
+                      "        x = ddim_step(model, x, t, t_prev, schedule, eta=eta, clip_x0=clip_x0, "
+                      "generator=generator)",
+                      "        x.copy_(ddim_step(model, x, t, t_prev, schedule, eta=eta, clip_x0=clip_x0, "
+                      "generator=generator))")),
+    Alternative("drop_labels_uniform_threshold", "drop_labels", "torch.rand(..., generator=...) compared by hand, "
+                "index assignment on a copy", _src('''
+        def drop_labels(labels, p_uncond, null_label, *, generator=None):
+            out = labels.detach().clone()
+            out[torch.rand(len(labels), generator=generator) < p_uncond] = null_label
+            return out
+    ''')),
+    Alternative("guided_eps_explicit_none", "guided_eps", "∅ chosen with a conditional expression on `is None`",
+                _src('''
+        def guided_eps(model, x_t, t, labels, w, *, null_label=None):
+            null = model.num_classes if null_label is None else null_label
+            t = torch.as_tensor(t).reshape(-1).expand(x_t.shape[0])
+            both = model(torch.cat([x_t, x_t]), torch.cat([t, t]),
+                         torch.cat([labels, torch.full_like(labels, null)]))
+            cond, uncond = both[: x_t.shape[0]], both[x_t.shape[0]:]
+            return uncond + w * (cond - uncond)
+    ''')),
+    Alternative("cfg_sample_clones_x_T", "cfg_sample", "x_T cloned, each step written into x in place",
+                _edit(_edit(CFG_SAMPLE, "x = torch.randn(tuple(shape), generator=generator) if x_T is None else x_T",
+                            "x = torch.randn(tuple(shape), generator=generator) if x_T is None else x_T.clone()"),
+                      "        x = mean + (var.sqrt() * noise if step > 0 else 0)\n",
+                      "        x.copy_(mean + (var.sqrt() * noise if step > 0 else 0))\n")),
+    Alternative("flow_loss_tensor_t", "flow_matching_loss", "any t made a [B] tensor with torch.full, then lerp",
+                _src('''
+        def flow_matching_loss(model, x0, *, t=None, noise=None, generator=None):
+            b = x0.shape[0]
+            if t is None:
+                t = torch.rand(b, generator=generator)
+            elif not torch.is_tensor(t):
+                t = torch.full((b,), float(t))
+            eps = noise if noise is not None else torch.randn(x0.shape, generator=generator)
+            x_t = torch.lerp(x0, eps, t.float().reshape(-1, 1, 1, 1).expand_as(x0))
+            return F.mse_loss(model(x_t, 1000 * t.float()), eps - x0)
     ''')),
 ]
 
