@@ -288,12 +288,16 @@ def _inputs_kept(impl: Any, exercise: str, target: Any) -> Iterator[None]:
 
     @functools.wraps(target)
     def keeping_inputs(*args: Any, **kwargs: Any) -> Any:
+        def raw(t: Any) -> Any:
+            """The bytes (NaNs and signed zeros included), through a unit-stride copy: an expanded one-element
+            tensor has stride 0 and cannot be viewed as bytes itself."""
+            return t.detach().clone(memory_format=torch.contiguous_format).reshape(-1).view(torch.uint8)
+
         tensors = _tensors_in((args, kwargs))
         before = [t.detach().clone() for t in tensors]
         out = target(*args, **kwargs)
         changed = [(t, b) for t, b in zip(tensors, before, strict=True)
-                   if t.shape != b.shape or t.dtype != b.dtype or not torch.equal(
-                       t.detach().reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))]
+                   if t.shape != b.shape or t.dtype != b.dtype or not torch.equal(raw(t), raw(b))]
         for t, b in changed:
             with torch.no_grad():
                 t.data = b

@@ -360,3 +360,22 @@ def test_run_checks_records_what_became_of_each_check() -> None:
     assert crash == {"linear_beta_schedule_values": {"status": "crashed", "reason": "KeyError"}}
     cheat = findings_of("from ddpm_ref import linear_beta_schedule\n")
     assert cheat == {"linear_beta_schedule_values": {"status": "cheat", "reason": "reference is"}}
+
+
+def test_inputs_kept_takes_an_expanded_one_element_tensor() -> None:
+    """An int t expanded to a batch of one (stride 0) is compared as any tensor: a call that leaves it alone passes,
+    one that writes into its input fails."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from tests.harness import Failure, _inputs_kept
+
+    t = torch.tensor(3).expand(1)
+    impl = SimpleNamespace(keep=lambda x: x + 1, spoil=lambda x: x.add_(1))
+    with _inputs_kept(impl, "keep", impl.keep):
+        assert int(impl.keep(t)) == 4
+    x = torch.zeros(1)
+    with _inputs_kept(impl, "spoil", impl.spoil), pytest.raises(Failure, match="changed its input in place"):
+        impl.spoil(x)
+    assert float(x) == 0.0

@@ -39,6 +39,14 @@ def test_replies_round_trip_as_data() -> None:
     assert back["n"] == value["n"] and back["tuple"][1:] == value["tuple"][1:] and back["inf"] == float("inf")
 
 
+def test_an_expanded_one_element_tensor_round_trips() -> None:
+    """An int t expanded to a batch of one has stride 0: it must cross as data like any other tensor (a correct
+    answer that returns one failed before)."""
+    for x in (torch.tensor(5).expand(1), torch.tensor(2.5).expand(1, 1), torch.arange(6).reshape(2, 3).t()):
+        back = protocol.decode(protocol.encode(x, handle_of=lambda obj: protocol.Handle(1, "x", False)))
+        assert torch.equal(back, x) and back.shape == x.shape
+
+
 def test_objects_that_are_not_data_come_back_as_handles() -> None:
     class Secret:
         pass

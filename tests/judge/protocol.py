@@ -130,7 +130,9 @@ def encode(value: Any, handle_of: Any) -> bytes:
         if isinstance(x, float):
             return x if math.isfinite(x) else {"float": repr(x)}
         if isinstance(x, torch.Tensor) and type(x) in (torch.Tensor, torch.nn.Parameter) and not x.is_sparse:
-            t = x.detach().to("cpu").contiguous()
+            # a copy with unit strides: .contiguous() keeps the stride 0 of an expanded one-element tensor, which
+            # cannot be viewed as bytes
+            t = x.detach().to("cpu").clone(memory_format=torch.contiguous_format)
             if str(t.dtype).removeprefix("torch.") not in _DTYPES:
                 return handle(x)
             blobs.append(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
