@@ -121,10 +121,10 @@ def test_a_wrong_earlier_exercise_does_not_fail_a_later_one(capsys) -> None:
         def p_sample(model, x_t, t, schedule, **kwargs):
             return x_t * 0 + 7.0          # badly wrong
 
-        def sample(model, schedule, shape, *, generator=None, device=None, progress=True, **kwargs):
-            x = torch.randn(tuple(shape), generator=generator)
+        def sample(model, schedule, shape, *, generator=None, device=None, progress=True, x_T=None, **kwargs):
+            x = torch.randn(tuple(shape), generator=generator) if x_T is None else x_T
             for t in range(schedule.T - 1, -1, -1):
-                x = p_sample(model, x, t, schedule, generator=generator)
+                x = p_sample(model, x, t, schedule, generator=generator, **kwargs)
             return x
     """), ns)
     wrong = ns["p_sample"]
@@ -302,10 +302,11 @@ def test_the_reference_is_a_tripwire_only_while_the_student_calls_it() -> None:
     # earlier pieces stay allowed, and the reference itself (pytest's default impl) is checked as usual
     ok = run_checks("sample", _student("""
         def sample(model, schedule, shape, *, generator=None, device=None, return_intermediates=False,
-                   progress=True):
-            x = torch.randn(shape, generator=generator)
+                   progress=True, clip_x0=True, variance="posterior", x_T=None):
+            x = torch.randn(shape, generator=generator) if x_T is None else x_T
             for t in reversed(range(schedule.T)):
-                x = ddpm_ref.p_sample(model, x, torch.full((shape[0],), t), schedule, generator=generator)
+                x = ddpm_ref.p_sample(model, x, torch.full((shape[0],), t), schedule, generator=generator,
+                                      clip_x0=clip_x0, variance=variance)
             return x
     """), raise_on_failure=False)
     assert all(m is None for m in ok.values()), ok
