@@ -22,6 +22,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -94,8 +95,8 @@ def _hashes(*folders: Path) -> dict[str, str]:
     return out
 
 
-def _nbgrader(course: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DDPM_COURSE_ROOT=str(ROOT))
+def _nbgrader(course: Path, *args: str, tmp: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DDPM_COURSE_ROOT=str(ROOT), **({"TMPDIR": str(tmp)} if tmp else {}))
     env.pop("NBGRADER_EXECUTION", None)
     proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course, env=env, capture_output=True,
                           text=True, timeout=1500)
@@ -169,15 +170,20 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
         course = _course(folder, {**honest, "attacker": attacker})
         watched = [ROOT / "ddpm_ref", ROOT / "tests", course / "solutions", course / "lessons", course / "submitted"]
         before = _hashes(*watched)
-        _nbgrader(course, "autograde", LESSON)
-        _nbgrader(course, "generate_feedback", LESSON)
+        scratch = Path(tempfile.mkdtemp(prefix="g"))  # short: the kernels' sockets live there
+        try:
+            _nbgrader(course, "autograde", LESSON, tmp=scratch)
+            _nbgrader(course, "generate_feedback", LESSON, tmp=scratch)
+            left = sorted(p.name for p in scratch.iterdir())
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         after = _hashes(*watched)
         try:
             server.accept()
             reached = True
         except TimeoutError:
             reached = False
-    return alone, course, before, after, reached
+    return alone, course, before, after, reached, left
 
 
 def test_honest_scores_are_those_of_a_class_without_the_attacker(runs) -> None:
@@ -189,10 +195,17 @@ def test_honest_scores_are_those_of_a_class_without_the_attacker(runs) -> None:
 
 
 def test_the_course_is_byte_identical_and_the_host_unreached(runs) -> None:
-    _, _, before, after, reached = runs
+    _, _, before, after, reached, _ = runs
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     assert not changed, changed[:10]
     assert not reached, "a submission reached a server on the host"
+
+
+def test_no_grading_folder_outlives_the_run(runs) -> None:
+    """The kernels' copies of the submissions, the student processes' folders and the withheld references are
+    gone once nbgrader has finished (its temporary directory was a fresh one)."""
+    *_, left = runs
+    assert not left, left
 
 
 def test_the_attackers_feedback_says_what_was_refused(runs) -> None:

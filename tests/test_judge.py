@@ -22,7 +22,7 @@ import torch
 
 import ddpm_ref
 from tests._course import SOLUTIONS
-from tests.judge import check_cells, grade_exercise, protocol, sandbox, withhold
+from tests.judge import check_cells, grade_exercise, protocol, sandbox, scratch, withhold
 from tests.mistakes import ALTERNATIVES
 
 needs_sandbox = pytest.mark.skipif(sandbox.bwrap() is None, reason="no working bubblewrap on this machine")
@@ -239,3 +239,30 @@ def test_a_correct_variant_keeps_full_marks_through_the_judge(variant) -> None:
     verdicts = grade_exercise(_with(_lesson(lesson), variant.exercise, variant.source), SOLUTIONS / lesson,
                               variant.exercise)
     assert all(v.passed for v in verdicts.values()), {k: v.text for k, v in verdicts.items() if not v.passed}
+
+
+def test_a_killed_graders_folders_are_reclaimed_by_the_next_grader(tmp_path: Path) -> None:
+    """A grader killed mid-run (a Dask worker at the end of a class run) leaves its folders, with a student's copied
+    files in them; the next grader's first folder removes them, and keeps those of graders still running."""
+    env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    make = "from tests.judge import scratch; f = scratch.folder('{kind}'); (f / 'a.ipynb').write_text('x'); print(f)"
+    live = subprocess.Popen([sys.executable, "-c", make.format(kind="withheld-psnr") + "; input()"], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        alive = Path(live.stdout.readline().strip())
+        suicide = "; import os; os.kill(os.getpid(), 9)"
+        killed = subprocess.run([sys.executable, "-c", make.format(kind="kernel") + suicide], env=env,
+                                capture_output=True, text=True)
+        assert killed.returncode == -9
+        dead = Path(killed.stdout.strip())
+        other = tmp_path / "ddpm-notes"  # not a grader's folder
+        other.mkdir()
+        assert dead.is_dir() and alive.is_dir()
+        mine = subprocess.run([sys.executable, "-c", make.format(kind="judge")], env=env, capture_output=True,
+                              text=True, check=True)
+        assert not dead.exists(), "a killed grader's folder survived the next grader"
+        assert (alive / "a.ipynb").is_file(), "a running grader's folder was removed"
+        assert other.is_dir() and Path(mine.stdout.strip()).is_dir()
+    finally:
+        live.communicate("\n", timeout=30)
+    assert alive in scratch.sweep(tmp_path) and not alive.exists()  # its process has ended now

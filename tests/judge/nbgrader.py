@@ -18,7 +18,6 @@ import concurrent.futures
 import contextlib
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Bool, Integer
 
 from ddpm_ref.grading.records import FINDINGS_MIME
-from tests.judge import check_cells, judge_notebook, plan, sandbox
+from tests.judge import check_cells, judge_notebook, plan, sandbox, scratch
 from tests.judge.remote import LIB, WORK
 
 #: the environment variable that tells the lessons' check cells that the judge scores them
@@ -44,7 +43,7 @@ class SandboxedKernelManager(AsyncKernelManager):
     memory_bytes = Integer(sandbox.Limits.memory_bytes, help="address space of each process").tag(config=True)
 
     async def _async_pre_start_kernel(self, **kw: Any) -> Any:
-        self._sandbox_dir = Path(tempfile.mkdtemp(prefix="ddpm-kernel-"))
+        self._sandbox_dir = scratch.folder("kernel")
         self.transport = "ipc"
         self.ip = str(self._sandbox_dir / "kernel")
         self.connection_file = str(self._sandbox_dir / "connection.json")

@@ -18,7 +18,6 @@ import select
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from torch import nn
 
 from tests import integrity
 from tests.harness import EXERCISES
-from tests.judge import protocol, sandbox, withhold
+from tests.judge import protocol, sandbox, scratch, withhold
 
 HERE = Path(__file__).resolve().parent
 #: where the submission's folder, the runtime and the withheld ddpm_ref copy appear inside the sandbox
@@ -164,7 +163,7 @@ class StudentProcess:
         self.exercise = exercise
         self.load_deadline = time.monotonic() + load_budget  # for running the notebook's cells
         self.deadline = float("inf")  # for answering the checks: set when the exercise's grading begins
-        self.tmp = Path(tempfile.mkdtemp(prefix="ddpm-judge-"))
+        self.tmp = scratch.folder("judge")
         package = Path(ddpm_ref.__file__).resolve().parent
         work = self.tmp / "work"
         if folder is not None:

@@ -22,13 +22,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.judge import scratch
 
 #: set to 1 to grade without a sandbox on a machine that has none (never the default)
 UNSANDBOXED_ENV = "DDPM_GRADE_UNSANDBOXED"
@@ -124,7 +125,7 @@ _STAND_IN: list[Path] = []
 def _stand_in() -> Path:
     """A package folder whose import fails with a sentence saying why (bound over each hidden package)."""
     if not _STAND_IN:
-        folder = Path(tempfile.mkdtemp(prefix="ddpm-hidden-"))
+        folder = scratch.folder("hidden")
         atexit.register(shutil.rmtree, folder, True)
         (folder / "__init__.py").write_text(
             'raise ImportError("this package implements the course\'s exercises, so it is not available while the '

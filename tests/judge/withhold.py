@@ -12,12 +12,12 @@ from __future__ import annotations
 import ast
 import atexit
 import shutil
-import tempfile
 import threading
 from pathlib import Path
 
 from tests.harness import EXERCISES
 from tests.integrity import ALIASES
+from tests.judge import scratch
 
 #: reference objects that do an exercise's whole job under another name (withheld with it)
 ROUTES: dict[str, tuple[str, ...]] = {
@@ -146,7 +146,7 @@ def cached(exercise: str) -> Path:
         if exercise not in _CACHE:
             import ddpm_ref
 
-            root = Path(tempfile.mkdtemp(prefix=f"ddpm-withheld-{exercise}-"))
+            root = scratch.folder(f"withheld-{exercise}")
             atexit.register(shutil.rmtree, root, True)
             build(exercise, Path(ddpm_ref.__file__).resolve().parent, root / "ddpm_ref")
             _CACHE[exercise] = root / "ddpm_ref"
