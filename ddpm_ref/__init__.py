@@ -1,9 +1,10 @@
 """ddpm_ref: the reference DDPM of the course (Ho et al. 2020), in plain PyTorch.
 
 At the top, the math and data a student reads (schedule → diffusion → samplers → flow → guidance; unet, metrics,
-oracle, data; with progress, plots and pictures). Beside them, packages, each importing only from the ones before it:
-``speed`` (the switches) → ``training`` (the Trainer) → ``evaluation`` → ``bench`` → ``course`` (what the notebooks
-share) → ``grading`` → ``cli``. Module paths from before the packages still import (:mod:`ddpm_ref._moved`).
+oracle, data; with progress, plots, pictures and atomic file writes). Beside them, packages, each importing only
+from the ones before it: ``speed`` (the switches) → ``training`` (the Trainer) → ``evaluation`` → ``bench`` →
+``course`` (what the notebooks share) → ``grading`` → ``cli``. Module paths from before the packages still import
+(:mod:`ddpm_ref._moved`).
 Timesteps are 0-based (t ∈ {0, …, T−1}); images are [B, C, H, W] in [−1, 1].
 """
 

@@ -114,10 +114,9 @@ def store_execution(lesson: str, notebook: Path, mode: str, root: Path | None = 
         if cell.get("outputs"):
             cell.outputs = [o for o in cell.outputs if FINDINGS_MIME not in o.get("data", {})]
     nb.metadata["ddpm_site"] = {"mode": mode, "key": execution_key(lesson)}
-    dest = (root or executed_dir()) / mode / f"{lesson}.ipynb"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, dest)
-    return dest
+    from ddpm_ref.files import write_atomic  # a page being built never reads a half-written notebook
+
+    return write_atomic((root or executed_dir()) / mode / f"{lesson}.ipynb", nbformat.writes(nb))
 
 
 def cached_execution(lesson: str, mode: str, root: Path | None = None) -> nbformat.NotebookNode | None:

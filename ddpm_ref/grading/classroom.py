@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from ..files import write_atomic
 from .course_folder import CheckCellPoints, lesson_checks, load_config, source_notebook
 
 __all__ = ["add_arguments", "main", "export", "export_lesson", "workflow", "step_id", "check_command",
@@ -327,17 +328,6 @@ def _read_notebook(path: Path) -> bytes:
         return f.read()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def collect(course: Path, lesson: str, repos: Path) -> list[str]:
     """Copies ``REPOS/*/LESSON.ipynb`` (the students' repositories, as ``gh classroom clone student-repos`` clones
     them) to ``submitted/STUDENT/LESSON/``, with ``timestamp.txt`` from the repository's last commit. Returns the
@@ -365,10 +355,10 @@ def collect(course: Path, lesson: str, repos: Path) -> list[str]:
             continue
         dest = submitted / student / lesson
         dest.mkdir(parents=True, exist_ok=True)
-        _write_atomic(dest / notebook.name, _read_notebook(notebook))
+        write_atomic(dest / notebook.name, _read_notebook(notebook), mode=0o600)
         stamp = _git(repo, "log", "-1", "--format=%cI") if (repo / ".git").exists() else ""
         if stamp:
-            _write_atomic(dest / "timestamp.txt", f"{stamp}\n".encode())
+            write_atomic(dest / "timestamp.txt", f"{stamp}\n", mode=0o600)
         else:
             (dest / "timestamp.txt").unlink(missing_ok=True)
         print(f"{student}: {repo.name}/{notebook.name}" + (f" (last commit {stamp})" if stamp else ""))

@@ -20,11 +20,12 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..files import write_atomic
 
 __all__ = ["Unusable", "find_notebook", "results", "run", "write_results"]
 
@@ -110,12 +111,7 @@ def write_results(folder: Path, doc: dict[str, Any]) -> Path:
     """``folder/results.json``, replaced atomically (a link put there is replaced, never followed)."""
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         folder.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".results-", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=2)
-    os.replace(tmp, folder / "results.json")
-    return folder / "results.json"
+    return write_atomic(folder / "results.json", json.dumps(doc, indent=2))
 
 
 def _grade(course: Path, lesson: str, data: bytes, checks: list[_Check]) -> tuple[dict, dict, str]:

@@ -9,9 +9,7 @@ import base64
 import csv
 import html
 import io
-import os
 import re
-import tempfile
 import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..files import write_atomic
 from . import similarity
 from .records import CheckCellRecord, records_of
 
@@ -253,20 +252,6 @@ def _scores(course: Path, lesson: str, read: dict[str, list[Any]], db_url: str |
 # ------------------------------------------------------------------------------------------------ writing
 
 
-def _write_atomic(path: Path, text: str) -> Path:
-    """Writes ``text`` to a temporary file next to ``path``, then renames it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the report from a web server
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _csv(rows: list[Row]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -359,8 +344,8 @@ def write_report(report: ClassReport, out: Path) -> dict[str, Path]:
     """Writes ``report.csv`` and ``report.html`` into the folder ``out``; returns their paths by kind."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    return {"csv": _write_atomic(out / "report.csv", _csv(report.rows())),
-            "html": _write_atomic(out / "report.html", _html(report))}
+    return {"csv": write_atomic(out / "report.csv", _csv(report.rows())),
+            "html": write_atomic(out / "report.html", _html(report))}
 
 
 def main_report(course: Path, lesson: str, out: Path | None = None) -> Path:

@@ -17,7 +17,6 @@ An exported model (``export_ema``, the shipped ``assets/lfw_tiny.pt``) holds onl
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..files import atomic_file
 from ..schedule import NoiseSchedule
 from .config import TrainConfig, build_model, build_schedule
 
@@ -98,32 +98,11 @@ def resume_check(stored: dict[str, Any], config: TrainConfig) -> ResumeCheck:
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    A crash or interruption at any point leaves either the old file or the new one, never a torn one:
-    ``os.replace`` is atomic within a filesystem. The temporary file is removed when the write fails.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-    return path
+    """``torch.save`` that never leaves a torn file: the old checkpoint or the new one, fsynced
+    (:func:`ddpm_ref.files.atomic_file`)."""
+    with atomic_file(path, durable=True) as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
