@@ -17,8 +17,10 @@ accuracy below hold with ``clip_x0=False`` (or while no x̂0 leaves [−1, 1]).
 integer timesteps) and end with a jump to ᾱ = 1 (t = −1, σ = 0, λ = +∞), which returns the clean image; that jump is
 first order in every solver (it returns x̂0 for DPM-Solver++, an Euler step for Heun), as in ``diffusers`` with
 ``final_sigmas_type="zero"``. With ``spacing="trailing"`` (the default, as for DDIM) the last visited timestep
-⌊T/steps⌉ − 1 moves with ``steps`` and the final jump alone costs O(σ̄²) = O(1/steps): every sampler's error then
-shrinks like 1/steps at large ``steps``. ``spacing="linspace"`` always ends at t = 0 and keeps the second order.
+round(T/steps) − 1 moves with ``steps``, and the final jump from it costs O(σ̄²) ∝ 1/steps (x̂0 = E[x0 | x_t] is not
+the ODE's end point): at large ``steps`` Heun's error then shrinks like 1/steps, not 1/steps² (tests/test_solvers.py
+measures it). ``spacing="linspace"`` always ends at t = 0, where the jump is the same for every ``steps``, and shows
+the second order.
 
 Shapes: ``x_T`` and the samples are [B, C, H, W] (any [B, ...] works); the model is called as ``model(x, t)`` with t a
 LongTensor [B]. Steps and NFE (model calls): DDIM and DPM-Solver++(2M) take one call per step, Heun two per step
@@ -169,8 +171,8 @@ def karras_heun_step(
     return alpha_next * x_bar_next
 
 
-def _start(model: nn.Module, shape: Sequence[int], generator: torch.Generator | None, device: torch.device | str | None,
-           x_T: Tensor | None) -> Tensor:
+def _initial_noise(model: nn.Module, shape: Sequence[int], generator: torch.Generator | None,
+                   device: torch.device | str | None, x_T: Tensor | None) -> Tensor:
     device = _default_device(model, device)
     if x_T is None:
         return randn(tuple(shape), generator=generator, like=torch.empty(0, device=device))
@@ -202,7 +204,7 @@ def dpm_solver_pp_2m_sample(
     visited t.
     """
     ts = solver_timesteps(schedule, steps, spacing)
-    x = _start(model, shape, generator, device, x_T)
+    x = _initial_noise(model, shape, generator, device, x_T)
     frames: dict[int, Tensor] = {}
     last: tuple[int, Tensor] | None = None
     for i, t in enumerate(progress_bar(ts, desc="DPM-Solver++(2M)", disable=not progress, leave=False)):
@@ -218,7 +220,7 @@ def _karras_sample(model: nn.Module, schedule: NoiseSchedule, shape: Sequence[in
                    generator: torch.Generator | None, device: torch.device | str | None, clip_x0: bool, progress: bool,
                    return_intermediates: bool, x_T: Tensor | None, second_order: bool) -> Tensor | Intermediates:
     ts = solver_timesteps(schedule, steps, spacing)
-    x = _start(model, shape, generator, device, x_T)
+    x = _initial_noise(model, shape, generator, device, x_T)
     frames: dict[int, Tensor] = {}
     desc = "Heun (Karras)" if second_order else "Euler (Karras)"
     for i, t in enumerate(progress_bar(ts, desc=desc, disable=not progress, leave=False)):
@@ -245,7 +247,8 @@ def karras_heun_sample(
     x_T: Tensor | None = None,
 ) -> Tensor | Intermediates:
     """Heun's method on the probability-flow ODE dx̄/dσ̄ = ε (Karras et al. 2022, Algorithm 1, deterministic) over
-    ``ts = ddim_timesteps(T, steps, spacing)`` and σ̄ = 0; 2·steps − 1 model calls (the last step is Euler); [B, C, H, W].
+    ``ts = ddim_timesteps(T, steps, spacing)`` and σ̄ = 0; 2·steps − 1 model calls (the last step is Euler);
+    [B, C, H, W].
 
     x_T ~ N(0, I) of ``shape`` from ``generator`` (or ``x_T``, not changed). Equals ``diffusers.HeunDiscreteScheduler``
     with the same timesteps (``clip_x0``: ``clip_sample=True``). Not :func:`ddpm_ref.flow.heun_sample`, which
