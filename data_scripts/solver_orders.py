@@ -18,8 +18,9 @@ from 64, below which it is not yet in its asymptotic range on these grids).
 **lfw-tiny** (``--lfw``): ``load_pretrained_lfw_tiny()`` (cosine schedule, T = 300, x̂0 clipped as the samplers'
 default), ``--samples`` faces from the same x_T for every sampler and budget, scored by MS-SWD ×10³ against the 90
 training faces (Euler is left out: it is DDIM); the yardstick: the 10 held-out faces against the same 90 (real against
-real), and with ``--ddpm`` ancestral DDPM over all 300 steps (the shipped sampler) from the same x_T. The number of
-model calls sets the time: 88 with the default budgets (RUNTIME_NOTE).
+real), and with ``--ddpm`` ancestral DDPM over all 300 steps (the shipped sampler) from the same x_T. The model calls
+set the time: 88 on 48 faces with the default budgets (on a CPU shared with busier programs, ``--threads 1`` and
+fewer ``--samples`` help).
 """
 
 from __future__ import annotations
@@ -64,40 +65,44 @@ def nfe(name: str, steps: int) -> int:
     return 2 * steps - 1 if name == "Heun" else steps
 
 
-def table(rows: dict[int, dict[str, tuple[int, float]]], unit: str, names: tuple[str, ...] = NAMES,
-          digits: str = ".3e") -> list[str]:
-    """Rows of a budget each; cells "value" or "value [NFE]" when the sampler used fewer calls than the budget."""
-    out = [f"  {'NFE':>5}  " + "  ".join(f"{n:>18}" for n in names) + f"   ({unit})"]
-    for budget, cells in rows.items():
-        texts = []
-        for name in names:
-            if name not in cells:
-                texts.append(f"{'—':>18}")
-                continue
-            used, value = cells[name]
-            texts.append(f"{value:>18.{digits}}" if used == budget else f"{f'{value:.{digits}} [{used}]':>18}")
-        out.append(f"  {budget:>5}  " + "  ".join(texts))
-    return out
+def header(names: tuple[str, ...], unit: str) -> str:
+    return f"  {'NFE':>5}  " + "  ".join(f"{n:>18}" for n in names) + f"   ({unit})"
+
+
+def row(budget: int, cells: dict[str, tuple[int, float]], names: tuple[str, ...], digits: str) -> str:
+    """One budget: per sampler "value", or "value [NFE]" when it used fewer calls than the budget."""
+    texts = []
+    for name in names:
+        if name not in cells:
+            texts.append(f"{'—':>18}")
+            continue
+        used, value = cells[name]
+        texts.append(f"{value:>18{digits}}" if used == budget else f"{f'{value:{digits}} [{used}]':>18}")
+    return f"  {budget:>5}  " + "  ".join(texts)
+
+
+def measure(fns: dict[str, Sampler], budgets: list[int], score: Callable[[Tensor], float], unit: str,
+            digits: str) -> dict[int, dict[str, tuple[int, float]]]:
+    """{budget: {name: (NFE used, score of the samples)}}, each row printed as soon as it is measured; a sampler
+    runs once per number of steps."""
+    names = tuple(fns)
+    print(header(names, unit), flush=True)
+    rows: dict[int, dict[str, tuple[int, float]]] = {}
+    done: dict[tuple[str, int], float] = {}
+    for budget in budgets:
+        for name, fn in fns.items():
+            if (steps := steps_for(name, budget)) is not None:
+                if (name, steps) not in done:
+                    done[name, steps] = score(fn(steps))
+                rows.setdefault(budget, {})[name] = (nfe(name, steps), done[name, steps])
+        print(row(budget, rows.get(budget, {}), names, digits), flush=True)
+    return rows
 
 
 def slope(points: list[tuple[int, float]]) -> float:
     """Least-squares slope of log(error) against log(NFE)."""
     x, y = np.log([p[0] for p in points]), np.log([p[1] for p in points])
     return float(np.polyfit(x, y, 1)[0])
-
-
-def measure(fns: dict[str, Sampler], budgets: list[int], score: Callable[[Tensor], float]
-            ) -> dict[int, dict[str, tuple[int, float]]]:
-    """{budget: {name: (NFE used, score of the samples)}}; a sampler runs once per number of steps."""
-    rows: dict[int, dict[str, tuple[int, float]]] = {}
-    for name, fn in fns.items():
-        done: dict[int, float] = {}
-        for budget in budgets:
-            if (steps := steps_for(name, budget)) is not None:
-                if steps not in done:
-                    done[steps] = score(fn(steps))
-                rows.setdefault(budget, {})[name] = (nfe(name, steps), done[steps])
-    return rows
 
 
 def oracle_tables(budgets: list[int]) -> None:
@@ -109,17 +114,18 @@ def oracle_tables(budgets: list[int]) -> None:
         t0 = time.perf_counter()
         kw = {"clip_x0": False, "spacing": spacing}
         ref = R.karras_heun_sample(model, s, x_T.shape, steps=T, x_T=x_T, progress=False, **kw)
-        rows = measure(samplers(model, s, x_T, **kw), budgets, lambda x, ref=ref: float((x - ref).pow(2).mean().sqrt()))
         print(f"\nOracle (2-component mixture, linear schedule T={T}, spacing={spacing!r}, x̂0 not clipped): RMSE "
-              f"against Heun over all {T} timesteps ({time.perf_counter() - t0:.0f} s)")
-        print("\n".join(table(rows, "RMSE per pixel")))
+              f"against Heun over all {T} timesteps")
+        rows = measure(samplers(model, s, x_T, **kw), budgets, lambda x, ref=ref: float((x - ref).pow(2).mean().sqrt()),
+                       "RMSE per pixel", ".3e")
         fits = []
         for name in NAMES:
             lo = 64 if name == "DPM-Solver++(2M)" else 16
             points = [cells[name] for budget, cells in rows.items() if budget >= lo and name in cells]
             if len(points) >= 2:
                 fits.append(f"{name} {slope(points):+.2f} (NFE {points[0][0]}–{points[-1][0]})")
-        print("  fitted log-log slope of RMSE against NFE: " + ", ".join(fits))
+        print("  fitted log-log slope of RMSE against NFE: " + ", ".join(fits)
+              + f" ({time.perf_counter() - t0:.0f} s)")
 
 
 @torch.no_grad()
@@ -129,15 +135,14 @@ def lfw_table(budgets: list[int], n_samples: int, ddpm: bool) -> None:
     x_T = torch.randn(n_samples, 1, 24, 24, generator=torch.Generator().manual_seed(0))
     t0 = time.perf_counter()
     fns = {k: v for k, v in samplers(model, s, x_T).items() if k != "Euler"}  # Euler is DDIM (the oracle shows it)
-    rows = measure(fns, budgets, lambda x: ms_swd(x, train).mean)
     print(f"\nlfw-tiny (cosine schedule T={s.T}, x̂0 clipped, {n_samples} samples, same x_T): MS-SWD ×1e3 against the "
-          f"{train.shape[0]} training faces ({time.perf_counter() - t0:.0f} s)")
-    print("\n".join(table(rows, "MS-SWD ×1e3, lower is better", tuple(fns), digits=".1f")))
+          f"{train.shape[0]} training faces", flush=True)
+    measure(fns, budgets, lambda x: ms_swd(x, train).mean, "MS-SWD ×1e3, lower is better", ".1f")
     line = f"  yardstick: the {held_out.shape[0]} held-out faces (real against real) {ms_swd(held_out, train).mean:.1f}"
     if ddpm:
         full = R.sample(model, s, x_T.shape, x_T=x_T, progress=False)
         line += f"; ancestral DDPM, all {s.T} steps, same x_T {ms_swd(full, train).mean:.1f}"
-    print(line)
+    print(line + f" ({time.perf_counter() - t0:.0f} s)")
 
 
 def main() -> None:
@@ -149,6 +154,7 @@ def main() -> None:
     p.add_argument("--lfw-budgets", default="1,2,4,8,16", help="budgets for lfw-tiny (default: %(default)s)")
     p.add_argument("--ddpm", action="store_true", help="lfw-tiny: also ancestral DDPM over all T steps (T calls)")
     p.add_argument("--samples", type=int, default=48, help="lfw-tiny samples per sampler and budget (default 48)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's; 1 is faster on a busy CPU)")
     args = p.parse_args()
     try:
         budgets = [int(v) for v in args.budgets.split(",")]
@@ -157,6 +163,8 @@ def main() -> None:
         raise SystemExit("--budgets and --lfw-budgets are comma-separated integers, e.g. 1,2,4,8") from None
     if min(budgets + lfw_budgets) < 1 or args.samples < 2:
         raise SystemExit("budgets must be >= 1 and --samples >= 2")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}", flush=True)
     if not args.lfw_only:
         oracle_tables(budgets)

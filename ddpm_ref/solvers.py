@@ -108,8 +108,9 @@ def dpm_solver_pp_2m_step(
 ) -> tuple[Tensor, Tensor]:
     """One step of DPM-Solver++(2M) from t to t_prev < t (Lu et al. 2022, Algorithm 2); t_prev = −1 means ᾱ = 1.
 
-    With h = λ_{t_prev} − λ_t and D = x̂0(x_t, t) (one model call), the step is the exact solution of the ODE in λ for
-    a data prediction extrapolated linearly from the step before:
+    The ODE's exact solution in λ is x_{t_prev} = (σ_{t_prev}/σ_t)·x_t + σ_{t_prev}·∫ e^λ·x̂0(λ) dλ over
+    [λ_t, λ_{t_prev}] (Lu et al. 2022). With h = λ_{t_prev} − λ_t and x̂0_t = x̂0(x_t, t) (one model call), the step
+    takes x̂0 ≈ D in the integral, x̂0_t corrected by the finite difference of the step before:
 
         x_{t_prev} = (σ_{t_prev}/σ_t)·x_t − α_{t_prev}·(e^{−h} − 1)·D,   D = (1 + 1/(2r))·x̂0_t − 1/(2r)·x̂0_last,
 
