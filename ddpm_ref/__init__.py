@@ -1,8 +1,8 @@
 """ddpm_ref: the reference DDPM of the course (Ho et al. 2020), in plain PyTorch.
 
-At the top, the math and data a student reads (schedule → diffusion → samplers → flow → guidance; unet, metrics,
-oracle, data; with progress, plots, pictures and atomic file writes). Beside them, packages, each importing only
-from the ones before it: ``speed`` (the switches) → ``training`` (the Trainer) → ``evaluation`` → ``bench`` →
+At the top, the math and data a student reads (schedule → diffusion → samplers → solvers → flow → guidance; unet,
+metrics, oracle, data; with progress, plots, pictures and atomic file writes). Beside them, packages, each importing
+only from the ones before it: ``speed`` (the switches) → ``training`` (the Trainer) → ``evaluation`` → ``bench`` →
 ``course`` (what the notebooks share) → ``grading`` → ``cli``. Module paths from before the packages still import
 (:mod:`ddpm_ref._moved`).
 Timesteps are 0-based (t ∈ {0, …, T−1}); images are [B, C, H, W] in [−1, 1].
@@ -30,6 +30,13 @@ from .schedule import (
     make_betas,
     scaled_linear_beta_schedule,
 )
+from .solvers import (
+    dpm_solver_pp_2m_sample,
+    dpm_solver_pp_2m_step,
+    karras_euler_sample,
+    karras_heun_sample,
+    karras_heun_step,
+)
 from .unet import LabelEmbedding, ResBlock, SelfAttention, SinusoidalTimeEmbedding, UNet
 
 __version__ = "0.1.0"
@@ -53,10 +60,15 @@ __all__ = [
     "ddim_step",
     "ddim_timesteps",
     "ddpm_loss",
+    "dpm_solver_pp_2m_sample",
+    "dpm_solver_pp_2m_step",
     "euler_sample",
     "flow_matching_loss",
     "heun_sample",
     "drop_labels",
+    "karras_euler_sample",
+    "karras_heun_sample",
+    "karras_heun_step",
     "guided_eps",
     "linear_beta_schedule",
     "make_betas",

@@ -29,7 +29,11 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "q_posterior": ("VPrediction",),
     "ddpm_loss": ("v_loss", "_draw_t_and_noise"),
     "train_step": ("train_step_stats",),
-    "p_sample": ("p_sample_loop",),
+    "p_sample": ("p_sample_loop", "denoise"),
+    # the few-step solvers (ddpm_ref.solvers): Euler in (x̄, σ̄) is DDIM with η = 0, and the first step of
+    # DPM-Solver++(2M) and Heun's step without its corrector are DDIM steps
+    "ddim_step": ("denoise", "karras_heun_step", "dpm_solver_pp_2m_step"),
+    "ddim_sample": ("karras_euler_sample", "_karras_sample", "karras_heun_step", "dpm_solver_pp_2m_step"),
     "psnr": ("psnr_per_image",),
     "ssim": ("ssim_per_image",),
     "guided_eps": ("GuidedModel",),
