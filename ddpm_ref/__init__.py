@@ -1,6 +1,6 @@
 """ddpm_ref: the reference DDPM of the course (Ho et al. 2020), in plain PyTorch.
 
-At the top, the math and data a student reads (schedule → diffusion → samplers → flow → guidance; unet, metrics,
+At the top, the math and data a student reads (schedule → diffusion → samplers → flow → guidance → score; unet, metrics,
 oracle, data; with progress, plots and pictures). Beside them, packages, each importing only from the ones before it:
 ``speed`` (the switches) → ``training`` (the Trainer) → ``evaluation`` → ``bench`` → ``course`` (what the notebooks
 share) → ``grading`` → ``cli``. Module paths from before the packages still import (:mod:`ddpm_ref._moved`).
@@ -22,6 +22,14 @@ from .guidance import (
 from .metrics import psnr, ssim
 from .oracle import GaussianMixtureOracle
 from .samplers import ddim_sample, ddim_step, ddim_timesteps, p_sample, p_sample_loop, reconstruct, sample
+from .score import (
+    ScoreFromEps,
+    dsm_loss,
+    langevin_sample,
+    probability_flow_sample,
+    reverse_sde_sample,
+    score_from_eps,
+)
 from .schedule import (
     NoiseSchedule,
     cosine_beta_schedule,
@@ -41,6 +49,7 @@ __all__ = [
     "LabelledGaussianMixtureOracle",
     "NoiseSchedule",
     "ResBlock",
+    "ScoreFromEps",
     "SelfAttention",
     "SinusoidalTimeEmbedding",
     "UNet",
@@ -52,9 +61,11 @@ __all__ = [
     "ddim_step",
     "ddim_timesteps",
     "ddpm_loss",
+    "dsm_loss",
     "euler_sample",
     "flow_matching_loss",
     "heun_sample",
+    "langevin_sample",
     "drop_labels",
     "guided_eps",
     "linear_beta_schedule",
@@ -63,12 +74,15 @@ __all__ = [
     "p_sample_loop",
     "predict_eps",
     "predict_x0",
+    "probability_flow_sample",
     "psnr",
     "q_posterior",
     "q_sample",
     "reconstruct",
+    "reverse_sde_sample",
     "sample",
     "scaled_linear_beta_schedule",
+    "score_from_eps",
     "ssim",
 ]
 

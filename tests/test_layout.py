@@ -24,8 +24,8 @@ PACKAGE = ROOT / "ddpm_ref"
 #: the layers, lowest first: a module imports only from its own layer or those below (``ddpm_ref/__init__.py``
 #: says the same in words)
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("schedule", "diffusion", "samplers", "flow", "guidance", "unet", "metrics", "oracle", "data", "progress",
-     "plots", "pictures", "frontend"),  # the math and data a student reads, and the helpers it draws and reports with
+    ("schedule", "diffusion", "samplers", "flow", "guidance", "score", "unet", "metrics", "oracle", "data",
+     "progress", "plots", "pictures", "frontend"),  # the math and data a student reads, and the helpers it draws and reports with
     ("speed",),  # how fast: the switches, the precision policy
     ("training",),
     ("evaluation",),
