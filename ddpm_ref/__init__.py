@@ -22,6 +22,13 @@ from .guidance import (
 from .metrics import psnr, ssim
 from .oracle import GaussianMixtureOracle
 from .samplers import ddim_sample, ddim_step, ddim_timesteps, p_sample, p_sample_loop, reconstruct, sample
+from .schedule import (
+    NoiseSchedule,
+    cosine_beta_schedule,
+    linear_beta_schedule,
+    make_betas,
+    scaled_linear_beta_schedule,
+)
 from .score import (
     ScoreFromEps,
     dsm_loss,
@@ -29,13 +36,6 @@ from .score import (
     probability_flow_sample,
     reverse_sde_sample,
     score_from_eps,
-)
-from .schedule import (
-    NoiseSchedule,
-    cosine_beta_schedule,
-    linear_beta_schedule,
-    make_betas,
-    scaled_linear_beta_schedule,
 )
 from .unet import LabelEmbedding, ResBlock, SelfAttention, SinusoidalTimeEmbedding, UNet
 

@@ -25,7 +25,8 @@ PACKAGE = ROOT / "ddpm_ref"
 #: says the same in words)
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("schedule", "diffusion", "samplers", "flow", "guidance", "score", "unet", "metrics", "oracle", "data",
-     "progress", "plots", "pictures", "frontend"),  # the math and data a student reads, and the helpers it draws and reports with
+     "progress", "plots", "pictures", "frontend"),  # the math and data a student reads, and the helpers it draws and
+    # reports with
     ("speed",),  # how fast: the switches, the precision policy
     ("training",),
     ("evaluation",),

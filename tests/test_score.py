@@ -121,7 +121,8 @@ class ScoreProbe(nn.Module):
         out = []
         for _, t in self.calls:
             if t.numel() and not bool((t == t[0]).all()):
-                raise AssertionError(f"one model call mixed timesteps {fmt(t)}: a sampler step uses one t for the batch")
+                raise AssertionError(f"one model call mixed timesteps {fmt(t)}: a sampler step uses one t for the "
+                                     "batch")
             out.append(int(t[0]) if t.numel() else -1)
         return out
 
@@ -373,7 +374,8 @@ def _langevin(impl, score_fn, x, **kwargs) -> Tensor:
     return expect_tensor(out, f"langevin_sample(score_fn, x {list(x.shape)}, ...)", shape=x.shape, dtype=x.dtype)
 
 
-LANGEVIN_HINT = "x = x + (step_size / 2) * score_fn(x) + math.sqrt(step_size) * torch.randn(x.shape, generator=generator)"
+LANGEVIN_HINT = ("x = x + (step_size / 2) * score_fn(x) + math.sqrt(step_size) * torch.randn(x.shape, "
+                 "generator=generator)")
 
 
 @check("langevin_sample")
@@ -435,7 +437,8 @@ def _expect_gaussian_chain(impl, *, x0: float, mu: float, s: float, delta: float
             hint = "the drift is (δ/2)·∇log p(x), half the step size, not δ·∇log p(x)"
         else:
             hint = LANGEVIN_HINT
-        raise Failure(f"{n} steps of δ = {delta} on N({mu}, {s}²) from x = {x0}: the chain is x' = μ + a·(x − μ) + √δ·z "
+        raise Failure(f"{n} steps of δ = {delta} on N({mu}, {s}²) from x = {x0}: the chain is "
+                      f"x' = μ + a·(x − μ) + √δ·z "
                       f"with a = 1 − δ/(2s²), so the points should have mean {mean:.4f} and std {std:.4f}; got mean "
                       f"{m:.4f} and std {sd:.4f}.", hint)
 
@@ -577,7 +580,8 @@ def test_reverse_sde_sample_steps(impl) -> None:
             if abs(float(zc.mean())) <= 0.07 and abs(float(zc.std()) - 1) <= 0.06:
                 hint = text
                 break
-        raise Failure(f"the step at t = {t} (β_t = {beta:.4g}): expected (x_{{t−1}} − x_t − β_t·(x_t/2 + s))/√β_t of mean "
+        raise Failure(f"the step at t = {t} (β_t = {beta:.4g}): expected (x_{{t−1}} − x_t − β_t·(x_t/2 + s))/√β_t "
+                      "of mean "
                       f"0 and std 1, got mean {m:.3g} and std {sd:.3g}.", hint)
 
 
@@ -618,7 +622,7 @@ def test_reverse_sde_sample_gaussian_moments(impl) -> None:
                       f"{sd:.4f}; got mean {got_m:.4f} and std {got_sd:.4f}.", SDE_HINT)
 
 
-# ------------------------------------------------------------------------------------------------ probability_flow_sample
+# ---------------------------------------------------------------------------------------- probability_flow_sample
 
 
 def ode_chain(x: Tensor, s: R.NoiseSchedule, plan: list[tuple[int, float]], *, coef: float = 0.5,
