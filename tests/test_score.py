@@ -200,11 +200,12 @@ def _score_diagnoses(eps: Tensor, t: Tensor, s: R.NoiseSchedule) -> list:
 
 @check("score_from_eps")
 def test_score_from_eps_values(impl) -> None:
-    """s = −ε/√(1 − ᾱ_t) for 6 points [6, 2] at t = [0, 1, 57, 200, 398, 399] of the seed schedule."""
+    """s = −ε/√(1 − ᾱ_t) for 6 points [6, 2] at t = [0, 1, 57, 200, 398, 399] of the seed schedule (within 0.1 %:
+    1 − ᾱ_t computed in float32 is exact enough; every typical mistake is off by far more)."""
     eps, t, s = _score_inputs()
     out = expect_tensor(impl.score_from_eps(eps.clone(), t.clone(), s), "score_from_eps(eps [6, 2], t, schedule)",
                         shape=eps.shape, dtype=torch.float32, hint=SCORE_HINT)
-    expect_close(out, _score_closed_form(eps, t, s), f"score_from_eps with t = {fmt(t, 6)}", atol=1e-4, rtol=1e-5,
+    expect_close(out, _score_closed_form(eps, t, s), f"score_from_eps with t = {fmt(t, 6)}", atol=1e-4, rtol=1e-3,
                  diagnoses=_score_diagnoses(eps, t, s), hint=SCORE_HINT)
 
 
@@ -216,7 +217,7 @@ def test_score_from_eps_images_and_int_t(impl) -> None:
                         shape=eps.shape, dtype=torch.float32,
                         hint="schedule.gather(values, t, eps) broadcasts an int t over the batch and the pixels")
     t = torch.full((3,), 57)
-    expect_close(out, _score_closed_form(eps, t, s), "score_from_eps with t = 57", atol=1e-4, rtol=1e-5,
+    expect_close(out, _score_closed_form(eps, t, s), "score_from_eps with t = 57", atol=1e-4, rtol=1e-3,
                  diagnoses=_score_diagnoses(eps, t, s), hint=SCORE_HINT)
 
 

@@ -876,7 +876,7 @@ def test_score_from_eps_edge_timesteps(impl) -> None:
     for t in (0, torch.tensor([999])):
         out = expect_tensor(impl.score_from_eps(eps, t, s), f"score_from_eps(eps [1, 2], t={fmt(t)}, schedule)",
                             shape=[1, 2], dtype=torch.float32)
-        expect_close(out, R.score_from_eps(eps, t, s), f"score_from_eps at t = {fmt(t)}", atol=1e-4, rtol=1e-5,
+        expect_close(out, R.score_from_eps(eps, t, s), f"score_from_eps at t = {fmt(t)}", atol=1e-4, rtol=1e-3,
                      hint="s = −ε/√(1 − ᾱ_t) at the t given (0 included), in the dtype of eps")
 
 
