@@ -1,6 +1,6 @@
 """Run every lesson's solution headless N times in a row, with a busy program beside it: stalls and budgets.
 
-    python data_scripts/headless_repeat.py                          # all nine lessons, 5 runs each (hours on 2 cores)
+    python data_scripts/headless_repeat.py                          # every lesson, 5 runs each (hours on 2 cores)
     python data_scripts/headless_repeat.py 01_noise_schedule 02_forward_diffusion --runs 2
     python data_scripts/headless_repeat.py --fast --no-busy          # DDPM_FAST=1 (as nbgrader runs them), quiet
 

@@ -1,10 +1,10 @@
 """ddpm_ref: the reference DDPM of the course (Ho et al. 2020), in plain PyTorch.
 
-At the top, the math and data a student reads (schedule → diffusion → samplers → solvers → flow → guidance; unet,
-metrics, oracle, data; with progress, plots, pictures and atomic file writes). Beside them, packages, each importing
-only from the ones before it: ``speed`` (the switches) → ``training`` (the Trainer) → ``evaluation`` → ``bench`` →
-``course`` (what the notebooks share) → ``grading`` → ``cli``. Module paths from before the packages still import
-(:mod:`ddpm_ref._moved`).
+At the top, the math and data a student reads (schedule → diffusion → samplers → solvers → flow → guidance → score;
+unet, metrics, oracle, data; with progress, plots, pictures and atomic file writes). Beside them, packages, each
+importing only from the ones before it: ``speed`` (the switches) → ``training`` (the Trainer) → ``evaluation`` →
+``bench`` → ``course`` (what the notebooks share) → ``grading`` → ``cli``. Module paths from before the packages still
+import (:mod:`ddpm_ref._moved`).
 Timesteps are 0-based (t ∈ {0, …, T−1}); images are [B, C, H, W] in [−1, 1].
 """
 
@@ -30,6 +30,14 @@ from .schedule import (
     make_betas,
     scaled_linear_beta_schedule,
 )
+from .score import (
+    ScoreFromEps,
+    dsm_loss,
+    langevin_sample,
+    probability_flow_sample,
+    reverse_sde_sample,
+    score_from_eps,
+)
 from .solvers import (
     dpm_solver_pp_2m_sample,
     dpm_solver_pp_2m_step,
@@ -49,6 +57,7 @@ __all__ = [
     "LabelledGaussianMixtureOracle",
     "NoiseSchedule",
     "ResBlock",
+    "ScoreFromEps",
     "SelfAttention",
     "SinusoidalTimeEmbedding",
     "UNet",
@@ -62,9 +71,11 @@ __all__ = [
     "ddpm_loss",
     "dpm_solver_pp_2m_sample",
     "dpm_solver_pp_2m_step",
+    "dsm_loss",
     "euler_sample",
     "flow_matching_loss",
     "heun_sample",
+    "langevin_sample",
     "drop_labels",
     "karras_euler_sample",
     "karras_heun_sample",
@@ -76,12 +87,15 @@ __all__ = [
     "p_sample_loop",
     "predict_eps",
     "predict_x0",
+    "probability_flow_sample",
     "psnr",
     "q_posterior",
     "q_sample",
     "reconstruct",
+    "reverse_sde_sample",
     "sample",
     "scaled_linear_beta_schedule",
+    "score_from_eps",
     "ssim",
 ]
 

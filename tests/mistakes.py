@@ -1939,6 +1939,372 @@ ALTERNATIVES += [
 ]
 
 
+# ------------------------------------------------------------------------------------------------ lesson 10
+# scores, Langevin and the SDE view: a score model is model(x, t) with 0-based t; the samplers use the β of each jump
+
+SCORE_FROM_EPS = _src('''
+    def score_from_eps(eps, t, schedule):
+        sigma = schedule.gather(schedule.sqrt_one_minus_alpha_bars, t, eps)
+        return -eps / sigma
+''')
+
+DSM_LOSS = _src('''
+    from ddpm_ref import q_sample
+
+
+    def dsm_loss(model, x0, schedule, *, t=None, noise=None, generator=None):
+        if t is None:
+            t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator)
+        x_t = q_sample(x0, t, noise, schedule)
+        sigma = schedule.gather(schedule.sqrt_one_minus_alpha_bars, t, x0)
+        target = -noise / sigma
+        weight = sigma**2
+        return (weight * (model(x_t, t) - target) ** 2).mean()
+''')
+
+LANGEVIN = _src('''
+    @torch.no_grad()
+    def langevin_sample(score_fn, x, *, step_size, steps, generator=None):
+        for _ in range(steps):
+            z = torch.randn(x.shape, generator=generator)
+            x = x + step_size / 2 * score_fn(x) + math.sqrt(step_size) * z
+        return x
+''')
+
+REVERSE_SDE = _src('''
+    from ddpm_ref import ddim_timesteps
+
+
+    @torch.no_grad()
+    def reverse_sde_sample(model, schedule, shape, *, steps=None, generator=None, device=None, x_T=None,
+                           progress=True):
+        x = torch.randn(tuple(shape), generator=generator) if x_T is None else x_T
+        ts = ddim_timesteps(schedule.T, schedule.T if steps is None else steps)
+        for i, t in enumerate(ts):
+            ab_next = schedule.alpha_bars[ts[i + 1]].item() if i + 1 < len(ts) else 1.0
+            beta = 1 - schedule.alpha_bars[t].item() / ab_next
+            score = model(x, torch.full((x.shape[0],), t))
+            x = x + beta * (0.5 * x + score)
+            if i + 1 < len(ts):
+                x = x + math.sqrt(beta) * torch.randn(x.shape, generator=generator)
+        return x
+''')
+
+PROBABILITY_FLOW = _src('''
+    from ddpm_ref import ddim_timesteps
+
+
+    @torch.no_grad()
+    def probability_flow_sample(model, schedule, shape, *, steps=None, generator=None, device=None, x_T=None,
+                                progress=True):
+        x = torch.randn(tuple(shape), generator=generator) if x_T is None else x_T
+        ts = ddim_timesteps(schedule.T, schedule.T if steps is None else steps)
+        for i, t in enumerate(ts):
+            ab_next = schedule.alpha_bars[ts[i + 1]].item() if i + 1 < len(ts) else 1.0
+            beta = 1 - schedule.alpha_bars[t].item() / ab_next
+            score = model(x, torch.full((x.shape[0],), t))
+            x = x + 0.5 * beta * (x + score)
+        return x
+''')
+
+_L10: list[tuple[str, str, str, str, str]] = [
+    # (name, exercise, description, source, feedback)
+    ("score_sign_flipped", "score_from_eps", "returns +ε/√(1 − ᾱ_t): the score points away from the data",
+     _edit(SCORE_FROM_EPS, "return -eps / sigma", "return eps / sigma"), "wrong sign"),
+    ("score_divides_by_variance", "score_from_eps", "divides by 1 − ᾱ_t instead of its square root",
+     _edit(SCORE_FROM_EPS, "schedule.gather(schedule.sqrt_one_minus_alpha_bars, t, eps)",
+           "schedule.gather(1 - schedule.alpha_bars, t, eps)"), "not by its variance"),
+    ("score_alpha_instead_of_alpha_bar", "score_from_eps", "uses √(1 − α_t), the one-step noise, not √(1 − ᾱ_t)",
+     _edit(SCORE_FROM_EPS, "schedule.gather(schedule.sqrt_one_minus_alpha_bars, t, eps)",
+           "schedule.gather((1 - schedule.alphas).sqrt(), t, eps)"), "you used α_t"),
+    ("score_alpha_bar_prev", "score_from_eps", "uses ᾱ_{t−1} (alpha_bars_prev): t read as 1-based",
+     _edit(SCORE_FROM_EPS, "schedule.gather(schedule.sqrt_one_minus_alpha_bars, t, eps)",
+           "schedule.gather((1 - schedule.alpha_bars_prev).sqrt(), t, eps)"), "alpha_bars_prev"),
+    ("score_multiplies_by_sigma", "score_from_eps", "returns −√(1 − ᾱ_t)·ε: the inverse map (score to ε) by mistake",
+     _edit(SCORE_FROM_EPS, "return -eps / sigma", "return -eps * sigma"), "do not multiply"),
+    ("score_float64_table", "score_from_eps", "indexes the float64 table by hand: the score comes back in float64",
+     _src('''
+        def score_from_eps(eps, t, schedule):
+            t = torch.as_tensor(t).reshape(-1)
+            sigma = (1 - schedule.alpha_bars[t]).sqrt().reshape(-1, *([1] * (eps.ndim - 1)))
+            return -eps / sigma
+    '''), "float64"),
+    ("dsm_no_weighting", "dsm_loss", "regresses the score with no weight λ(t) = 1 − ᾱ_t",
+     _edit(DSM_LOSS, "weight = sigma**2", "weight = 1.0"), "weighting λ(t) = 1 − ᾱ_t is missing"),
+    ("dsm_weight_sigma", "dsm_loss", "weights by √(1 − ᾱ_t) instead of 1 − ᾱ_t",
+     _edit(DSM_LOSS, "weight = sigma**2", "weight = sigma"), "not √(1 − ᾱ_t)"),
+    ("dsm_target_sign_flipped", "dsm_loss", "regresses +ε/√(1 − ᾱ_t): the target points away from the data",
+     _edit(DSM_LOSS, "target = -noise / sigma", "target = noise / sigma"), "the target has the wrong sign"),
+    ("dsm_target_over_variance", "dsm_loss", "target −ε/(1 − ᾱ_t): divides by the variance",
+     _edit(DSM_LOSS, "target = -noise / sigma", "target = -noise / sigma**2"), "not −ε/(1 − ᾱ_t)"),
+    ("dsm_t_one_based", "dsm_loss", "draws t from {1, …, T − 1}: the timestep 0 is never trained",
+     _edit(DSM_LOSS, "torch.randint(0, schedule.T,", "torch.randint(1, schedule.T,"), "0-based"),
+    ("dsm_noise_randn_like", "dsm_loss", "draws ε with torch.randn_like(x0), ignoring the generator",
+     _edit(DSM_LOSS, "noise = torch.randn(x0.shape, generator=generator)", "noise = torch.randn_like(x0)"),
+     "generator"),
+    ("dsm_t_zero_redrawn", "dsm_loss", "`if not t`: the valid int t = 0 is replaced by random timesteps",
+     _edit(DSM_LOSS, "    if t is None:\n", "    if t is None or (isinstance(t, int) and not t):\n"), "0 included"),
+    ("langevin_full_step_drift", "langevin_sample", "drift δ·∇log p instead of (δ/2)·∇log p",
+     _edit(LANGEVIN, "step_size / 2 * score_fn(x)", "step_size * score_fn(x)"), "half the step size"),
+    ("langevin_noise_delta", "langevin_sample", "noise δ·z instead of √δ·z",
+     _edit(LANGEVIN, "math.sqrt(step_size) * z", "step_size * z"), "not δ·z"),
+    ("langevin_descends", "langevin_sample", "x − (δ/2)·∇log p: walks down the log-density",
+     _edit(LANGEVIN, "x = x + step_size / 2 * score_fn(x)", "x = x - step_size / 2 * score_fn(x)"), "wrong sign"),
+    ("langevin_no_noise", "langevin_sample", "no noise: plain gradient ascent on log p, every point falls on a mode",
+     _edit(LANGEVIN, "x = x + step_size / 2 * score_fn(x) + math.sqrt(step_size) * z",
+           "x = x + step_size / 2 * score_fn(x)"), "every step adds noise"),
+    ("langevin_noise_randn_like", "langevin_sample", "draws z with torch.randn_like(x), ignoring the generator",
+     _edit(LANGEVIN, "z = torch.randn(x.shape, generator=generator)", "z = torch.randn_like(x)"),
+     "global random state"),
+    ("langevin_steps_or_default", "langevin_sample", "`steps or 100`: the valid steps = 0 runs 100 steps",
+     _edit(LANGEVIN, "for _ in range(steps):", "for _ in range(steps or 100):"), "0 included"),
+    ("langevin_writes_into_x", "langevin_sample", "updates x in place (x += …), and x is the caller's tensor",
+     _edit(LANGEVIN, "x = x + step_size / 2 * score_fn(x) + math.sqrt(step_size) * z",
+           "x += step_size / 2 * score_fn(x) + math.sqrt(step_size) * z"), "changed its input in place"),
+    ("sde_ode_score_coefficient", "reverse_sde_sample", "drift (β/2)·(x + s): the ODE's score coefficient in the SDE",
+     _edit(REVERSE_SDE, "x = x + beta * (0.5 * x + score)", "x = x + 0.5 * beta * (x + score)"),
+     "the score has the full coefficient β"),
+    ("sde_noise_at_last_step", "reverse_sde_sample", "adds noise at the last step (t = 0) as well",
+     _edit(REVERSE_SDE, "        if i + 1 < len(ts):\n            x = x + math",
+           "        if True:\n            x = x + math"), "adds no noise"),
+    ("sde_noise_beta", "reverse_sde_sample", "noise β·z instead of √β·z",
+     _edit(REVERSE_SDE, "x = x + math.sqrt(beta) * torch.randn", "x = x + beta * torch.randn"), "not β·z"),
+    ("sde_forward_drift", "reverse_sde_sample", "drift β·(−x/2 + s): the forward SDE's −β·x/2 kept in the reverse",
+     _edit(REVERSE_SDE, "x = x + beta * (0.5 * x + score)", "x = x + beta * (-0.5 * x + score)"),
+     "the reverse drift is +β·x/2"),
+    ("sde_beta_t_for_jumps", "reverse_sde_sample", "uses β_t for a jump over several timesteps",
+     _edit(REVERSE_SDE, "beta = 1 - schedule.alpha_bars[t].item() / ab_next", "beta = schedule.betas[t].item()"),
+     "not β_t"),
+    ("sde_stops_at_one", "reverse_sde_sample", "loops over t = T − 1, …, 1 and never takes the step at t = 0",
+     _edit(REVERSE_SDE, "    for i, t in enumerate(ts):\n",
+           "    ts = ts[:-1]\n    for i, t in enumerate(ts):\n"), "ends with the step at t = 0"),
+    ("sde_noise_randn_like", "reverse_sde_sample", "draws each step's z with torch.randn_like(x)",
+     _edit(REVERSE_SDE, "torch.randn(x.shape, generator=generator)", "torch.randn_like(x)"),
+     "global random state"),
+    ("ode_full_score_coefficient", "probability_flow_sample", "x + (β/2)·x + β·s: the SDE's score coefficient",
+     _edit(PROBABILITY_FLOW, "x = x + 0.5 * beta * (x + score)", "x = x + 0.5 * beta * x + beta * score"),
+     "half the SDE's score coefficient"),
+    ("ode_adds_noise", "probability_flow_sample", "adds √β·z at every step as the SDE does: not deterministic",
+     _edit(PROBABILITY_FLOW, "x = x + 0.5 * beta * (x + score)\n",
+           "x = x + 0.5 * beta * (x + score) + math.sqrt(beta) * torch.randn(x.shape, generator=generator)\n"),
+     "deterministic"),
+    ("ode_forward_drift", "probability_flow_sample", "x + (β/2)·(−x + s): the forward drift's sign",
+     _edit(PROBABILITY_FLOW, "x = x + 0.5 * beta * (x + score)", "x = x + 0.5 * beta * (-x + score)"),
+     "the reverse drift is +(β/2)·x"),
+    ("ode_score_sign", "probability_flow_sample", "x + (β/2)·(x − s): moves down the log-density",
+     _edit(PROBABILITY_FLOW, "x = x + 0.5 * beta * (x + score)", "x = x + 0.5 * beta * (x - score)"),
+     "wrong sign of the score"),
+    ("ode_beta_t_for_jumps", "probability_flow_sample", "uses β_t for a jump over several timesteps",
+     _edit(PROBABILITY_FLOW, "beta = 1 - schedule.alpha_bars[t].item() / ab_next", "beta = schedule.betas[t].item()"),
+     "not β_t"),
+    ("ode_start_without_generator", "probability_flow_sample", "draws x_T with torch.randn(shape), ignoring the "
+     "generator",
+     _edit(PROBABILITY_FLOW, "torch.randn(tuple(shape), generator=generator)", "torch.randn(tuple(shape))"),
+     "global random state"),
+]
+
+#: the checks each lesson-10 mistake breaks (every other check of its exercise passes)
+_L10_BREAKS: dict[str, tuple[str, ...]] = {
+    "score_sign_flipped": (
+        "score_from_eps_edge_timesteps", "score_from_eps_images_and_int_t",
+        "score_from_eps_is_the_gradient_of_the_log_density", "score_from_eps_values",
+    ),
+    "score_divides_by_variance": (
+        "score_from_eps_edge_timesteps", "score_from_eps_images_and_int_t",
+        "score_from_eps_is_the_gradient_of_the_log_density", "score_from_eps_values",
+    ),
+    "score_alpha_instead_of_alpha_bar": (
+        "score_from_eps_edge_timesteps", "score_from_eps_images_and_int_t",
+        "score_from_eps_is_the_gradient_of_the_log_density", "score_from_eps_values",
+    ),
+    "score_alpha_bar_prev": (
+        "score_from_eps_edge_timesteps", "score_from_eps_images_and_int_t",
+        "score_from_eps_is_the_gradient_of_the_log_density", "score_from_eps_values",
+    ),
+    "score_multiplies_by_sigma": (
+        "score_from_eps_edge_timesteps", "score_from_eps_images_and_int_t",
+        "score_from_eps_is_the_gradient_of_the_log_density", "score_from_eps_values",
+    ),
+    "score_float64_table": (
+        "score_from_eps_edge_timesteps", "score_from_eps_images_and_int_t", "score_from_eps_values",
+    ),
+    "dsm_no_weighting": (
+        "dsm_loss_draws_t_and_noise", "dsm_loss_int_t_zero_and_one_point",
+        "dsm_loss_of_a_score_is_the_ddpm_loss_of_its_noise", "dsm_loss_value",
+    ),
+    "dsm_weight_sigma": (
+        "dsm_loss_draws_t_and_noise", "dsm_loss_int_t_zero_and_one_point",
+        "dsm_loss_of_a_score_is_the_ddpm_loss_of_its_noise", "dsm_loss_value",
+    ),
+    "dsm_target_sign_flipped": (
+        "dsm_loss_int_t_zero_and_one_point", "dsm_loss_of_a_score_is_the_ddpm_loss_of_its_noise", "dsm_loss_value",
+    ),
+    "dsm_target_over_variance": (
+        "dsm_loss_draws_t_and_noise", "dsm_loss_int_t_zero_and_one_point",
+        "dsm_loss_of_a_score_is_the_ddpm_loss_of_its_noise", "dsm_loss_value",
+    ),
+    "dsm_t_one_based": (
+        "dsm_loss_draws_t_and_noise",
+    ),
+    "dsm_noise_randn_like": (
+        "dsm_loss_draws_t_and_noise", "dsm_loss_uses_only_its_generator",
+    ),
+    "dsm_t_zero_redrawn": (
+        "dsm_loss_int_t_zero_and_one_point",
+    ),
+    "langevin_full_step_drift": (
+        "langevin_sample_exact_chain_few_steps", "langevin_sample_gaussian_stationary_law",
+        "langevin_sample_mixture_modes", "langevin_sample_one_step", "langevin_sample_overlapping_mixture_weights",
+    ),
+    "langevin_noise_delta": (
+        "langevin_sample_exact_chain_few_steps", "langevin_sample_gaussian_stationary_law",
+        "langevin_sample_mixture_modes", "langevin_sample_one_step", "langevin_sample_overlapping_mixture_weights",
+    ),
+    "langevin_descends": (
+        "langevin_sample_exact_chain_few_steps", "langevin_sample_gaussian_stationary_law",
+        "langevin_sample_mixture_modes", "langevin_sample_one_step", "langevin_sample_overlapping_mixture_weights",
+    ),
+    "langevin_no_noise": (
+        "langevin_sample_exact_chain_few_steps", "langevin_sample_gaussian_stationary_law",
+        "langevin_sample_mixture_modes", "langevin_sample_one_step", "langevin_sample_overlapping_mixture_weights",
+        "langevin_sample_uses_only_its_generator",
+    ),
+    "langevin_noise_randn_like": (
+        "langevin_sample_uses_only_its_generator",
+    ),
+    "langevin_steps_or_default": (
+        "langevin_sample_zero_steps_and_one_point",
+    ),
+    "langevin_writes_into_x": (
+        "langevin_sample_exact_chain_few_steps", "langevin_sample_gaussian_stationary_law",
+        "langevin_sample_mixture_modes", "langevin_sample_one_step", "langevin_sample_overlapping_mixture_weights",
+        "langevin_sample_uses_only_its_generator",
+    ),
+    "sde_ode_score_coefficient": (
+        "reverse_sde_sample_gaussian_moments", "reverse_sde_sample_honours_steps", "reverse_sde_sample_mixture",
+        "reverse_sde_sample_steps",
+    ),
+    "sde_noise_at_last_step": (
+        "reverse_sde_sample_honours_steps", "reverse_sde_sample_steps",
+    ),
+    "sde_noise_beta": (
+        "reverse_sde_sample_gaussian_moments", "reverse_sde_sample_honours_steps", "reverse_sde_sample_mixture",
+        "reverse_sde_sample_steps",
+    ),
+    "sde_forward_drift": (
+        "reverse_sde_sample_gaussian_moments", "reverse_sde_sample_honours_steps", "reverse_sde_sample_mixture",
+        "reverse_sde_sample_steps",
+    ),
+    "sde_beta_t_for_jumps": (
+        "reverse_sde_sample_honours_steps",
+    ),
+    "sde_stops_at_one": (
+        "reverse_sde_sample_calls_every_timestep", "reverse_sde_sample_honours_steps", "reverse_sde_sample_steps",
+    ),
+    "sde_noise_randn_like": (
+        "reverse_sde_sample_uses_only_its_generator",
+    ),
+    "ode_full_score_coefficient": (
+        "probability_flow_sample_converges_to_ddim", "probability_flow_sample_gaussian_affine_map",
+        "probability_flow_sample_honours_steps", "probability_flow_sample_mixture", "probability_flow_sample_steps",
+    ),
+    "ode_adds_noise": (
+        "probability_flow_sample_converges_to_ddim", "probability_flow_sample_gaussian_affine_map",
+        "probability_flow_sample_honours_steps", "probability_flow_sample_mixture", "probability_flow_sample_steps",
+    ),
+    "ode_forward_drift": (
+        "probability_flow_sample_converges_to_ddim", "probability_flow_sample_gaussian_affine_map",
+        "probability_flow_sample_honours_steps", "probability_flow_sample_mixture", "probability_flow_sample_steps",
+    ),
+    "ode_score_sign": (
+        "probability_flow_sample_converges_to_ddim", "probability_flow_sample_gaussian_affine_map",
+        "probability_flow_sample_honours_steps", "probability_flow_sample_mixture", "probability_flow_sample_steps",
+    ),
+    "ode_beta_t_for_jumps": (
+        "probability_flow_sample_converges_to_ddim", "probability_flow_sample_gaussian_affine_map",
+        "probability_flow_sample_honours_steps",
+    ),
+    "ode_start_without_generator": (
+        "probability_flow_sample_uses_only_its_generator",
+    ),
+}
+
+MISTAKES += [Mistake(name, exercise, _L10_BREAKS[name], description, source, feedback)
+             for name, exercise, description, source, feedback in _L10]
+
+ALTERNATIVES += [
+    Alternative("score_from_eps_student", "score_from_eps", "the lesson's two lines", SCORE_FROM_EPS),
+    Alternative("score_from_eps_rsqrt", "score_from_eps", "ᾱ indexed by hand in eps's dtype, torch.rsqrt", _src('''
+        def score_from_eps(eps, t, schedule):
+            ab = schedule.alpha_bars.to(eps.dtype)[torch.as_tensor(t).reshape(-1)]
+            return -eps * torch.rsqrt(1 - ab).reshape(-1, *([1] * (eps.dim() - 1)))
+    ''')),
+    Alternative("dsm_loss_student", "dsm_loss", "the lesson's loss", DSM_LOSS),
+    Alternative("dsm_loss_eps_form", "dsm_loss", "(1 − ᾱ)·(s + ε/σ)² written as (σ·s + ε)², ᾱ indexed by hand",
+                _src('''
+        def dsm_loss(model, x0, schedule, *, t=None, noise=None, generator=None):
+            b = x0.shape[0]
+            if t is None:
+                t = torch.randint(schedule.T, (b,), generator=generator)
+            t = torch.as_tensor(t).reshape(-1).expand(b)
+            eps = torch.randn(x0.shape, generator=generator) if noise is None else noise
+            ab = schedule.alpha_bars.float()[t].view(b, *([1] * (x0.dim() - 1)))
+            sigma = (1 - ab).sqrt()
+            x_t = ab.sqrt() * x0 + sigma * eps
+            return ((sigma * model(x_t, t) + eps) ** 2).mean()
+    ''')),
+    Alternative("langevin_student", "langevin_sample", "the lesson's loop", LANGEVIN),
+    Alternative("langevin_normal_on_a_copy", "langevin_sample", "torch.normal with std √δ, in place on a clone",
+                _src('''
+        @torch.no_grad()
+        def langevin_sample(score_fn, x, *, step_size, steps, generator=None):
+            x = x.clone()
+            for _ in range(steps):
+                drift = 0.5 * step_size * score_fn(x)
+                x.add_(drift).add_(torch.normal(0.0, step_size**0.5, size=x.shape, generator=generator))
+            return x
+    ''')),
+    Alternative("reverse_sde_student", "reverse_sde_sample", "the lesson's loop", REVERSE_SDE),
+    Alternative("reverse_sde_padded_alpha_bars", "reverse_sde_sample", "ᾱ padded with a 1 for t = −1, pairs of "
+                "timesteps zipped, a while-free loop with the noise drawn first", _src('''
+        from ddpm_ref import ddim_timesteps
+
+
+        @torch.no_grad()
+        def reverse_sde_sample(model, schedule, shape, *, steps=None, generator=None, device=None, x_T=None,
+                               progress=True):
+            x = x_T.clone() if x_T is not None else torch.randn(*shape, generator=generator)
+            ab = torch.cat([schedule.alpha_bars, torch.ones(1, dtype=schedule.alpha_bars.dtype)])  # ab[-1] = 1
+            ts = ddim_timesteps(schedule.T, steps or schedule.T)
+            for t, t_next in zip(ts, ts[1:] + [-1]):
+                beta = float(1 - ab[t] / ab[t_next])
+                z = torch.randn(x.shape, generator=generator) if t_next >= 0 else torch.zeros_like(x)
+                s = model(x, torch.tensor([t] * x.shape[0]))
+                x = (1 + beta / 2) * x + beta * s + beta**0.5 * z
+            return x
+    ''')),
+    Alternative("probability_flow_student", "probability_flow_sample", "the lesson's loop", PROBABILITY_FLOW),
+    Alternative("probability_flow_padded_alpha_bars", "probability_flow_sample", "ᾱ padded with a 1, (1 + β/2)·x + "
+                "(β/2)·s", _src('''
+        from ddpm_ref import ddim_timesteps
+
+
+        @torch.no_grad()
+        def probability_flow_sample(model, schedule, shape, *, steps=None, generator=None, device=None, x_T=None,
+                                    progress=True):
+            x = x_T if x_T is not None else torch.randn(*shape, generator=generator)
+            ab = torch.cat([schedule.alpha_bars, torch.ones(1, dtype=schedule.alpha_bars.dtype)])
+            ts = ddim_timesteps(schedule.T, steps or schedule.T)
+            for t, t_next in zip(ts, ts[1:] + [-1]):
+                half = 0.5 * float(1 - ab[t] / ab[t_next])
+                x = (1 + half) * x + half * model(x, torch.full((len(x),), t, dtype=torch.long))
+            return x
+    ''')),
+]
+
+
 def by_name(name: str) -> Mistake:
     """The mistake called ``name``."""
     for m in MISTAKES:

@@ -25,7 +25,7 @@ PACKAGE = ROOT / "ddpm_ref"
 #: says the same in words)
 LAYERS: tuple[tuple[str, ...], ...] = (
     # the math and data a student reads, and the helpers it draws, reports and writes files with
-    ("schedule", "diffusion", "samplers", "solvers", "flow", "guidance", "unet", "metrics", "oracle", "data",
+    ("schedule", "diffusion", "samplers", "solvers", "flow", "guidance", "score", "unet", "metrics", "oracle", "data",
      "progress", "plots", "pictures", "frontend", "files"),
     ("speed",),  # how fast: the switches, the precision policy
     ("training",),

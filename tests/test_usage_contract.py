@@ -15,6 +15,7 @@ Every check is deterministic (fixed seeds) and takes well under a second.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -856,3 +857,167 @@ def test_euler_sample_generator_and_one_step(impl) -> None:
 def test_heun_sample_generator_and_one_step(impl) -> None:
     """8 images draw only from ``generator``; one image from a given x1 (which stays as it was) in one step."""
     _ode_contract(impl, "heun_sample")
+
+
+# ------------------------------------------------------------------------------------------------ lesson 10
+
+
+def _score_probe_module():
+    from tests.test_score import ScoreProbe, short_schedule
+
+    return ScoreProbe, short_schedule
+
+
+@check("score_from_eps", hidden=True)
+def test_score_from_eps_edge_timesteps(impl) -> None:
+    """One point at t = 0 (an int, falsy but valid) and at t = T − 1 (a tensor [1]); float32 in, float32 out."""
+    s = R.NoiseSchedule(R.linear_beta_schedule(1000))
+    eps = torch.randn(1, 2, generator=gen(40))
+    for t in (0, torch.tensor([999])):
+        out = expect_tensor(impl.score_from_eps(eps, t, s), f"score_from_eps(eps [1, 2], t={fmt(t)}, schedule)",
+                            shape=[1, 2], dtype=torch.float32)
+        expect_close(out, R.score_from_eps(eps, t, s), f"score_from_eps at t = {fmt(t)}", atol=1e-4, rtol=1e-3,
+                     hint="s = −ε/√(1 − ᾱ_t) at the t given (0 included), in the dtype of eps")
+
+
+@check("dsm_loss")
+def test_dsm_loss_int_t_zero_and_one_point(impl) -> None:
+    """t = 0 (an int, falsy but valid: the least noise) and t = T − 1 for one point with the given noise."""
+    ScoreProbe, short = _score_probe_module()
+    s = short()
+    x0, noise = torch.tensor([[0.4, -0.7]]), torch.randn(1, 2, generator=gen(41))
+    for t in (0, s.T - 1):
+        out = impl.dsm_loss(ScoreProbe(), x0, s, t=t, noise=noise)
+        out = expect_tensor(out, f"dsm_loss(model, x0 [1, 2], schedule, t={t}, noise=…)", shape=[])
+        expect_close(out.detach(), R.dsm_loss(ScoreProbe(), x0, s, t=t, noise=noise).detach(),
+                     f"dsm_loss with t={t}", atol=1e-5, rtol=1e-5,
+                     hint="use the t given (0 included: draw t only when it is None), as an int broadcast over the "
+                     "batch")
+
+
+@check("dsm_loss")
+def test_dsm_loss_uses_only_its_generator(impl) -> None:
+    """Without t and noise, the loss of 8 points draws only from ``generator``."""
+    ScoreProbe, short = _score_probe_module()
+    x0 = torch.randn(8, 2, generator=gen(42))
+    expect_generator_only(lambda g: float(impl.dsm_loss(ScoreProbe(), x0, short(), generator=g).detach()),
+                          "dsm_loss(model, x0 [8, 2], schedule, generator=g)",
+                          "torch.randint(0, T, (B,), generator=generator), torch.randn(x0.shape, generator=generator)")
+
+
+class _Pull(nn.Module):
+    """The score of N(0, I): −x."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return -x
+
+
+@check("langevin_sample")
+def test_langevin_sample_zero_steps_and_one_point(impl) -> None:
+    """steps = 0 and step_size = 0.0 (falsy but valid) leave x where it is; one point [1, 2] keeps its shape."""
+    x = torch.tensor([[0.5, -1.5]])
+    for kwargs in ({"step_size": 0.1, "steps": 0}, {"step_size": 0.0, "steps": 3}):
+        out = expect_tensor(impl.langevin_sample(_Pull(), x, generator=gen(0), **kwargs),
+                            f"langevin_sample(score_fn, x [1, 2], {kwargs})", shape=[1, 2])
+        expect_close(out, x, f"langevin_sample with {kwargs}", atol=1e-7, rtol=0,
+                     hint="use steps and step_size as given (0 included): 0 steps, or steps of size 0, leave x as it "
+                     "is")
+
+
+@check("langevin_sample")
+def test_langevin_sample_uses_only_its_generator(impl) -> None:
+    """Three steps of 8 points draw only from ``generator``."""
+    x = torch.randn(8, 2, generator=gen(43))
+    expect_generator_only(lambda g: impl.langevin_sample(_Pull(), x, step_size=0.1, steps=3, generator=g),
+                          "langevin_sample(score_fn, x [8, 2], step_size=0.1, steps=3, generator=g)",
+                          "z = torch.randn(x.shape, generator=generator) at every step")
+
+
+def _jump_plan(s: R.NoiseSchedule, steps: int) -> list[tuple[int, float]]:
+    ts = R.ddim_timesteps(s.T, steps)
+    ab = s.alpha_bars
+    return [(t, 1 - float(ab[t]) / (float(ab[ts[i + 1]]) if i + 1 < len(ts) else 1.0)) for i, t in enumerate(ts)]
+
+
+def _expect_visits(model, expected: list[int], what: str) -> None:
+    ts = model.ts()
+    if ts != expected:
+        raise Failure(f"{what}: expected model calls at t = {expected}, got t = {ts}.",
+                      "with steps given, visit ddim_timesteps(schedule.T, steps) (all T steps when steps is None)")
+
+
+@check("reverse_sde_sample")
+def test_reverse_sde_sample_honours_steps(impl) -> None:
+    """steps = 4 of T = 10: calls at ddim_timesteps(10, 4); the last jump, from t = 0, is x + β·(x/2 + s) with
+    β = 1 − ᾱ_0 and no noise; one point [1, 2] from a given x_T."""
+    ScoreProbe, short = _score_probe_module()
+    s = short()
+    x_T = 2 + torch.randn(2000, 2, generator=gen(44))
+    model = ScoreProbe()
+    out = call(impl.reverse_sde_sample, model, s, x_T.shape, steps=4, x_T=x_T, generator=gen(45), progress=False)
+    out = expect_tensor(out, "reverse_sde_sample(..., steps=4)", shape=list(x_T.shape), dtype=torch.float32)
+    plan = _jump_plan(s, 4)
+    _expect_visits(model, [t for t, _ in plan], "reverse_sde_sample(..., steps=4)")
+    for i, (t, beta) in enumerate(plan):
+        x = model.calls[i][0].double()
+        x_next = model.calls[i + 1][0].double() if i + 1 < len(plan) else out.double()
+        mean = x + beta * (0.5 * x + model.a.item() * x + model.b.item() + model.c.item() * t)
+        if i + 1 == len(plan):
+            expect_close(x_next, mean, "reverse_sde_sample(..., steps=4): the last step (t = 0, no noise)", atol=1e-4,
+                         rtol=1e-4, hint="the last step adds no noise")
+            continue
+        z = (x_next - mean) / math.sqrt(beta)
+        if abs(float(z.mean())) > 0.08 or abs(float(z.std()) - 1) > 0.08:
+            raise Failure(f"reverse_sde_sample(..., steps=4), the jump from t = {t} (β = 1 − ᾱ_t/ᾱ_next = {beta:.4g}): "
+                          f"expected (x' − x − β·(x/2 + s))/√β of mean 0 and std 1, got mean {float(z.mean()):.3g} and "
+                          f"std {float(z.std()):.3g}.",
+                          "a jump over several timesteps uses β = 1 − ᾱ_t/ᾱ_next (ᾱ_next = 1 after t = 0), not β_t")
+    one = call(impl.reverse_sde_sample, ScoreProbe(), s, (1, 2), x_T=x_T[:1], generator=gen(0), progress=False)
+    expect_tensor(one, "reverse_sde_sample(..., shape=(1, 2), x_T=x_T[:1])", shape=[1, 2], dtype=torch.float32)
+
+
+@check("reverse_sde_sample")
+def test_reverse_sde_sample_uses_only_its_generator(impl) -> None:
+    """8 points, T = 10: the starting noise and every step's noise come from ``generator`` only."""
+    ScoreProbe, short = _score_probe_module()
+    expect_generator_only(lambda g: call(impl.reverse_sde_sample, ScoreProbe(), short(), (8, 2), generator=g,
+                                         progress=False),
+                          "reverse_sde_sample(model, schedule, (8, 2), generator=g)",
+                          "x = torch.randn(shape, generator=generator), z = torch.randn(x.shape, generator=generator)")
+
+
+@check("probability_flow_sample")
+def test_probability_flow_sample_honours_steps(impl) -> None:
+    """steps = 4 of T = 10 from a given x_T: calls at ddim_timesteps(10, 4), each jump x + (β/2)·(x + s) with
+    β = 1 − ᾱ_t/ᾱ_next (exactly); one point [1, 2] keeps its shape."""
+    ScoreProbe, short = _score_probe_module()
+    s = short()
+    x_T = torch.randn(6, 2, generator=gen(46))
+    model = ScoreProbe()
+    out = call(impl.probability_flow_sample, model, s, x_T.shape, steps=4, x_T=x_T, progress=False)
+    out = expect_tensor(out, "probability_flow_sample(..., steps=4)", shape=[6, 2], dtype=torch.float32)
+    plan = _jump_plan(s, 4)
+    _expect_visits(model, [t for t, _ in plan], "probability_flow_sample(..., steps=4)")
+    x = x_T.double()
+    for t, beta in plan:
+        x = x + 0.5 * beta * (x + (-0.5 * x + 0.3 + 0.01 * t))
+    betas_t = x_T.double()
+    for t, _ in plan:
+        beta = float(s.betas[t])
+        betas_t = betas_t + 0.5 * beta * (betas_t + (-0.5 * betas_t + 0.3 + 0.01 * t))
+    expect_close(out, x, "probability_flow_sample(..., steps=4, x_T=x_T)", atol=1e-4, rtol=1e-4,
+                 diagnoses=[(betas_t, "a jump over several timesteps uses β = 1 − ᾱ_t/ᾱ_next (ᾱ_next = 1 after t = 0), "
+                                      "not β_t")],
+                 hint="x ← x + (β/2)·(x + s(x, t)) with β = 1 − ᾱ_t/ᾱ_next")
+    one = call(impl.probability_flow_sample, ScoreProbe(), s, (1, 2), x_T=x_T[:1], progress=False)
+    expect_tensor(one, "probability_flow_sample(..., shape=(1, 2), x_T=x_T[:1])", shape=[1, 2], dtype=torch.float32)
+
+
+@check("probability_flow_sample")
+def test_probability_flow_sample_uses_only_its_generator(impl) -> None:
+    """8 points, T = 10: the starting noise comes from ``generator`` only (and nothing else is random)."""
+    ScoreProbe, short = _score_probe_module()
+    expect_generator_only(lambda g: call(impl.probability_flow_sample, ScoreProbe(), short(), (8, 2), generator=g,
+                                         progress=False),
+                          "probability_flow_sample(model, schedule, (8, 2), generator=g)",
+                          "x = torch.randn(shape, generator=generator) when x_T is None")

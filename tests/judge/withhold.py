@@ -41,6 +41,10 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "flow_matching_loss": ("flow_path", "flow_velocity_target"),
     "euler_sample": ("_euler_step", "_integrate", "_velocity", "_start"),
     "heun_sample": ("_heun_step", "_integrate", "_velocity", "_start"),
+    "score_from_eps": ("ScoreFromEps", "dsm_target"),
+    "dsm_loss": ("dsm_target",),
+    "reverse_sde_sample": ("reverse_sde_step", "jump_betas", "_run_chain", "_start_noise", "_score_at"),
+    "probability_flow_sample": ("probability_flow_step", "jump_betas", "_run_chain", "_start_noise", "_score_at"),
 }
 
 _STUB_MODULE = '''"""Stubs of the reference pieces withheld while `{exercise}` is graded (tests/judge/withhold.py)."""
