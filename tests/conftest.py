@@ -147,3 +147,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         kept = set(map(id, keep))
         config.hook.pytest_deselected(items=[it for it in items if id(it) not in kept])
         items[:] = keep
+
+
+#: test modules run on the same pytest-xdist worker as, and after, another module: the site is built from the
+#: executions the nbgrader proof caches (run elsewhere at the same time, it would execute every lesson again)
+RUN_AFTER = {"tests/test_site.py": "tests/test_course_nbgrader.py"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``-n N --dist loadscope`` (the README's test command): each module (each class) runs on one worker, so a
+    module's fixtures are made once, and the modules of :data:`RUN_AFTER` follow theirs."""
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class CourseScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return RUN_AFTER.get(scope.split("::")[0], scope)
+
+    return CourseScheduling(config, log)

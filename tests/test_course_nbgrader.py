@@ -3,8 +3,9 @@
 The course is a copy of ``solutions/`` and ``nbgrader_config.py``; the checks come from this repository
 (``DDPM_COURSE_ROOT``). nbgrader's own ``generate_assignment`` builds the release and records the grade cells
 in the gradebook; then one ``nbgrader autograde <lesson> --force`` per lesson grades every submission of that
-lesson at once, and one ``nbgrader generate_feedback`` writes every feedback page. Submissions (one student
-each):
+lesson at once, and one ``nbgrader generate_feedback`` writes every feedback page. The lessons are shared out
+among ``DDPM_NBGRADER_SHARDS`` course folders (default 2, one per core; each its own gradebook) graded at the
+same time. Submissions (one student each):
 
 * ``solution``: the solution notebooks, which must score full marks;
 * ``release``: the unmodified student notebooks, which must score 0 on every autograded cell;
@@ -115,7 +116,8 @@ class Submission:
     mistakes: list[Mistake] = field(default_factory=list)
 
 
-def build_submissions(release_dir: Path) -> list[Submission]:
+def build_submissions(releases: dict[str, Path]) -> list[Submission]:
+    """The submissions of every graded lesson; ``releases`` maps a lesson to the folder of its release."""
     subs: list[Submission] = []
     owner = lesson_of_exercise()
     if LESSONS == release.lesson_ids():
@@ -128,7 +130,7 @@ def build_submissions(release_dir: Path) -> list[Submission]:
         sol = read_solution(lesson)
         cells = grade_ids(sol)
         subs.append(Submission("solution", lesson, sol))
-        rel = nbformat.read(release_dir / lesson / f"{lesson}.ipynb", as_version=4)
+        rel = nbformat.read(releases[lesson] / lesson / f"{lesson}.ipynb", as_version=4)
         subs.append(Submission("release", lesson, rel, lost=set(cells)))
         groups = by_lesson.get(lesson, {})
         for k in range(max((len(v) for v in groups.values()), default=0)):
@@ -173,16 +175,18 @@ def _host(subs: list[Submission], lesson: str, exercise: str, tag: str, source: 
 
 @dataclass
 class Graded:
-    course: Path
+    courses: dict[str, Path]  # lesson → the course folder that graded it
     submissions: list[Submission]
     scores: dict[tuple[str, str], dict[str, tuple[float, float]]]  # (student, lesson) → grade_id → (score, max)
     timings: dict[str, float]
 
     def autograded(self, sub: Submission) -> nbformat.NotebookNode:
-        return nbformat.read(self.course / "autograded" / sub.student / sub.lesson / f"{sub.lesson}.ipynb", 4)
+        path = self.courses[sub.lesson] / "autograded" / sub.student / sub.lesson / f"{sub.lesson}.ipynb"
+        return nbformat.read(path, 4)
 
     def feedback(self, sub: Submission) -> str:
-        return (self.course / "feedback" / sub.student / sub.lesson / f"{sub.lesson}.html").read_text("utf-8")
+        path = self.courses[sub.lesson] / "feedback" / sub.student / sub.lesson / f"{sub.lesson}.html"
+        return path.read_text("utf-8")
 
 
 def nbgrader(course: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -198,44 +202,87 @@ def nbgrader(course: Path, *args: str, timeout: float) -> subprocess.CompletedPr
     return proc
 
 
+#: course folders graded at the same time (nbgrader runs one notebook at a time; each folder has its own gradebook)
+SHARDS = max(1, int(os.environ.get("DDPM_NBGRADER_SHARDS", "2")))
+
+
+def shard(cost: dict[str, float], shards: int) -> list[list[str]]:
+    """The lessons shared out among ``shards`` folders, the costliest first to the least loaded (LPT), each in
+    course order."""
+    loads: list[tuple[float, list[str]]] = [(0.0, []) for _ in range(min(shards, len(cost)) or 1)]
+    for lesson in sorted(cost, key=lambda k: -cost[k]):
+        i = min(range(len(loads)), key=lambda j: loads[j][0])
+        loads[i] = (loads[i][0] + cost[lesson], loads[i][1] + [lesson])
+    return [sorted(lessons) for _, lessons in loads if lessons]
+
+
+#: seconds per submission under FAST, roughly, measured on 2 cores (a lesson not listed counts as 20)
+SUBMISSION_COST = {"04_training": 60, "09_flow_matching": 60, "06_reconstruction": 45, "08_guidance": 40}
+
+
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory: pytest.TempPathFactory) -> Graded:
+    from concurrent.futures import ThreadPoolExecutor
+
     from nbgrader.api import Gradebook
 
     timings: dict[str, float] = {}
-    course = tmp_path_factory.mktemp("course")
-    shutil.copy2(ROOT / "nbgrader_config.py", course / "nbgrader_config.py")
-    for lesson in LESSONS:
-        shutil.copytree(SOLUTIONS / lesson, course / "solutions" / lesson,
-                        ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
     start = time.perf_counter()
-    release.generate(course, LESSONS)  # nbgrader's generate_assignment for each lesson, in this process
+    root = tmp_path_factory.mktemp("courses")
+    owner, per_exercise = lesson_of_exercise(), defaultdict(int)
+    for m in GRADED:
+        per_exercise[m.exercise] += 1
+    runs = {lesson: 2 + max([n for ex, n in per_exercise.items() if owner[ex] == lesson], default=0)
+            for lesson in LESSONS}  # the solution, the release and one notebook per round of mistakes
+    cost = {lesson: SUBMISSION_COST.get(lesson, 20) * runs[lesson] for lesson in LESSONS}
+    groups = shard(cost, SHARDS)
+    courses: dict[str, Path] = {}
+    for i, lessons in enumerate(groups):
+        course = root / f"course{i}"
+        (course / "solutions").mkdir(parents=True)
+        shutil.copy2(ROOT / "nbgrader_config.py", course / "nbgrader_config.py")
+        for lesson in lessons:
+            shutil.copytree(SOLUTIONS / lesson, course / "solutions" / lesson,
+                            ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+            courses[lesson] = course
+        release.generate(course, lessons)  # nbgrader's generate_assignment for each lesson, in this process
     timings["generate_assignment (all lessons)"] = time.perf_counter() - start
 
-    subs = build_submissions(course / "lessons")
+    subs = build_submissions({lesson: course / "lessons" for lesson, course in courses.items()})
     for sub in subs:
-        dest = course / "submitted" / sub.student / sub.lesson
+        dest = courses[sub.lesson] / "submitted" / sub.student / sub.lesson
         dest.mkdir(parents=True, exist_ok=True)
         nbformat.write(sub.nb, dest / f"{sub.lesson}.ipynb")
-    for lesson in sorted({s.lesson for s in subs}):
-        start = time.perf_counter()
-        nbgrader(course, "autograde", lesson, "--force", timeout=1200)
-        n = sum(s.lesson == lesson for s in subs)
-        timings[f"autograde {lesson} ({n} submissions)"] = time.perf_counter() - start
-        executed = course / "autograded" / "solution" / lesson / f"{lesson}.ipynb"
-        if executed.is_file():  # the site (tests/test_site.py) shows this FAST run instead of running the lesson again
-            load_site().store_execution(lesson, executed, "fast")
-    start = time.perf_counter()
-    nbgrader(course, "generate_feedback", "*", "--force", timeout=600)
-    timings["generate_feedback (all)"] = time.perf_counter() - start
+
+    def grade(lessons: list[str]) -> None:
+        course = courses[lessons[0]]
+        for lesson in lessons:
+            begin = time.perf_counter()
+            nbgrader(course, "autograde", lesson, "--force", timeout=1200)
+            n = sum(s.lesson == lesson for s in subs)
+            timings[f"autograde {lesson} ({n} submissions)"] = time.perf_counter() - begin
+            executed = course / "autograded" / "solution" / lesson / f"{lesson}.ipynb"
+            if executed.is_file():  # the site (tests/test_site.py) shows this FAST run instead of running it again
+                load_site().store_execution(lesson, executed, "fast")
+        begin = time.perf_counter()
+        nbgrader(course, "generate_feedback", "*", "--force", timeout=600)
+        timings[f"generate_feedback ({course.name})"] = time.perf_counter() - begin
+
+    begin = time.perf_counter()
+    with ThreadPoolExecutor(len(groups)) as pool:
+        list(pool.map(grade, groups))  # re-raises the first failure
+    timings[f"grading ({len(groups)} folders at once)"] = time.perf_counter() - begin
 
     scores: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
-    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-        for sub in subs:
-            nb = gb.find_submission_notebook(sub.lesson, sub.lesson, sub.student)
-            scores[(sub.student, sub.lesson)] = {g.name: (float(g.score), float(g.max_score)) for g in nb.grades}
+    for course in sorted(set(courses.values())):
+        with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+            for sub in subs:
+                if courses[sub.lesson] == course:
+                    nb = gb.find_submission_notebook(sub.lesson, sub.lesson, sub.student)
+                    scores[(sub.student, sub.lesson)] = {g.name: (float(g.score), float(g.max_score))
+                                                         for g in nb.grades}
     print("\nnbgrader timings: " + "; ".join(f"{k}: {v:.0f} s" for k, v in timings.items()))
-    return Graded(course, subs, scores, timings)
+    return Graded(courses, subs, scores, timings)
 
 
 def _wrong_cells(graded: Graded, sub: Submission) -> list[str]:
