@@ -1992,22 +1992,17 @@ REVERSE_SDE = _src('''
         return x
 ''')
 
-PROBABILITY_FLOW = _src('''
-    from ddpm_ref import ddim_timesteps
-
-
-    @torch.no_grad()
-    def probability_flow_sample(model, schedule, shape, *, steps=None, generator=None, device=None, x_T=None,
-                                progress=True):
-        x = torch.randn(tuple(shape), generator=generator) if x_T is None else x_T
-        ts = ddim_timesteps(schedule.T, schedule.T if steps is None else steps)
-        for i, t in enumerate(ts):
-            ab_next = schedule.alpha_bars[ts[i + 1]].item() if i + 1 < len(ts) else 1.0
-            beta = 1 - schedule.alpha_bars[t].item() / ab_next
-            score = model(x, torch.full((x.shape[0],), t))
-            x = x + 0.5 * beta * (x + score)
-        return x
-''')
+#: the probability-flow ODE is the reverse SDE's loop with half the score and no noise
+PROBABILITY_FLOW = _edit(_edit(
+    REVERSE_SDE,
+    "reverse_sde_sample(model, schedule, shape, *, steps=None, generator=None, device=None, x_T=None,\n"
+    "                       progress=True):",
+    "probability_flow_sample(model, schedule, shape, *, steps=None, generator=None, device=None, x_T=None,\n"
+    "                            progress=True):"),
+    "        x = x + beta * (0.5 * x + score)\n"
+    "        if i + 1 < len(ts):\n"
+    "            x = x + math.sqrt(beta) * torch.randn(x.shape, generator=generator)\n",
+    "        x = x + 0.5 * beta * (x + score)\n")
 
 _L10: list[tuple[str, str, str, str, str]] = [
     # (name, exercise, description, source, feedback)
