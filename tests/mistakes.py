@@ -2281,20 +2281,23 @@ ALTERNATIVES += [
             return x
     ''')),
     Alternative("probability_flow_student", "probability_flow_sample", "the lesson's loop", PROBABILITY_FLOW),
-    Alternative("probability_flow_padded_alpha_bars", "probability_flow_sample", "ᾱ padded with a 1, (1 + β/2)·x + "
-                "(β/2)·s", _src('''
+    Alternative("probability_flow_alpha_bar_ratio", "probability_flow_sample", "the jump's β as 1 − ᾱ_t/ᾱ_next "
+                "with ᾱ_−1 = 1 from a helper, the score model called on a long t, the loop over an index", _src('''
         from ddpm_ref import ddim_timesteps
 
 
         @torch.no_grad()
         def probability_flow_sample(model, schedule, shape, *, steps=None, generator=None, device=None, x_T=None,
                                     progress=True):
-            x = x_T if x_T is not None else torch.randn(*shape, generator=generator)
-            ab = torch.cat([schedule.alpha_bars, torch.ones(1, dtype=schedule.alpha_bars.dtype)])
-            ts = ddim_timesteps(schedule.T, steps or schedule.T)
-            for t, t_next in zip(ts, ts[1:] + [-1]):
-                half = 0.5 * float(1 - ab[t] / ab[t_next])
-                x = (1 + half) * x + half * model(x, torch.full((len(x),), t, dtype=torch.long))
+            def alpha_bar(t):
+                return 1.0 if t < 0 else schedule.alpha_bars[t].item()
+
+            visited = ddim_timesteps(schedule.T, steps or schedule.T) + [-1]
+            x = torch.randn(*shape, generator=generator) if x_T is None else x_T
+            for k in range(len(visited) - 1):
+                jump = 1.0 - alpha_bar(visited[k]) / alpha_bar(visited[k + 1])
+                t = torch.full((len(x),), visited[k], dtype=torch.long)
+                x = x + jump / 2 * x + jump / 2 * model(x, t)
             return x
     ''')),
 ]
