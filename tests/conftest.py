@@ -152,12 +152,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 #: test modules run on the same pytest-xdist worker as, and after, another module: the site is built from the
 #: executions the nbgrader proof caches (run elsewhere at the same time, it would execute every lesson again)
 RUN_AFTER = {"tests/test_site.py": "tests/test_course_nbgrader.py"}
+#: the longest modules (minutes each on 2 cores), started first and longest first so that no worker is left with
+#: one of them at the end; the nbgrader proof, the longest, keeps its worker to itself while its fixture runs
+LONGEST_FIRST = ("tests/test_course_nbgrader.py", "tests/test_grading_class.py", "tests/test_grading_isolation.py",
+                 "tests/test_grading_classroom.py", "tests/test_judge.py", "tests/test_guidance_outcome.py",
+                 "tests/test_mistakes.py")
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """``-n N --dist loadscope`` (the README's test command): each module (each class) runs on one worker, so a
-    module's fixtures are made once, and the modules of :data:`RUN_AFTER` follow theirs."""
+    module's fixtures are made once; the modules of :data:`RUN_AFTER` follow theirs, and those of
+    :data:`LONGEST_FIRST` are handed out before the rest."""
     if config.getoption("dist") != "loadscope":
         return None
     from xdist.scheduler import LoadScopeScheduling
@@ -166,5 +172,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
         def _split_scope(self, nodeid: str) -> str:
             scope = super()._split_scope(nodeid)
             return RUN_AFTER.get(scope.split("::")[0], scope)
+
+        def _assign_work_unit(self, node) -> None:
+            for scope in reversed(LONGEST_FIRST):
+                if scope in self.workqueue:
+                    self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
 
     return CourseScheduling(config, log)
