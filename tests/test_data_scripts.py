@@ -109,3 +109,15 @@ def test_outcome_calibration_reproduces_the_untrained_range(capsys: pytest.Captu
     assert "OUTCOME_MEASURED = {" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         mod.main(["--kinds", "no_such_kind"])
+
+
+@pytest.mark.slow
+def test_grade_one_student_scores_full_marks_through_nbgrader():
+    """The script behind the instructors' guide's whole-course figure: real nbgrader, one lesson here."""
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "grade_one_student.py"), "01_noise_schedule"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert "1 of 1 lessons full marks" in proc.stdout
+    bad = subprocess.run([sys.executable, str(SCRIPTS / "grade_one_student.py"), "99_nope"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "no lesson 99_nope" in bad.stderr
