@@ -114,6 +114,10 @@ def dpm_closed_form(s: R.NoiseSchedule, x_t: Tensor, t: int, t_prev: int, *, las
     return scale * x - a_p * math.expm1(-h_sign * h) * d, x0
 
 
+ZERO_IS_A_TIMESTEP = ("you returned x̂0 at t_prev = 0: t_prev = 0 is the last timestep, not the clean end (only "
+                      "t_prev = −1 is): test t_prev < 0, never the value's truth")
+
+
 def _inputs(b: int, seed: int, scale: float = 1.0) -> Tensor:
     return scale * torch.randn(b, 1, 4, 4, generator=gen(seed))
 
@@ -146,6 +150,8 @@ def _heun_diagnoses(s: R.NoiseSchedule, x_t: Tensor, t: int, t_prev: int, clip: 
         (f(from_predictor=True), "the corrector starts from x̄ (the start of the step), not from the Euler point x̄'"),
         (f(karras=False), "step x̄ = x/√ᾱ along σ̄ = √((1 − ᾱ)/ᾱ) (dx̄/dσ̄ = ε̂), not x along σ = √(1 − ᾱ)"),
     ] + ([
+        (lambda: _denoise(x_t.double(), t, s, clip)[0], ZERO_IS_A_TIMESTEP),
+    ] if t_prev == 0 else []) + ([
         (f(recompute=False), "after clipping x̂0, recompute ε̂ = (x − √ᾱ·x̂0)/√(1 − ᾱ) from it: that ε̂ is the slope"),
         (lambda: heun_closed_form(s, x_t, t, t_prev, clip=False), "clip x̂0 to [−1, 1] when clip_x0 (and recompute ε̂ "
          "from it)"),
@@ -248,7 +254,8 @@ def _gaussian_problem() -> tuple[R.NoiseSchedule, R.GaussianMixtureOracle, Tenso
 
 def _order(impl, name: str, steps: tuple[int, ...], bounds: tuple[float, float], hint: str) -> None:
     """Chains of the student's steps over ddim_timesteps(1000, n, "linspace") and the last jump to −1, on Gaussian
-    data, x̂0 not clipped: the fitted log-log slope of the error against the steps must lie within ``bounds``."""
+    data, x̂0 not clipped: the fitted log-log slope of the error against the steps must lie within ``bounds``, and the
+    error of the longest chain must be at most twice the reference's."""
     s, model, x_T, exact = _gaussian_problem()
     errors = []
     for n in steps:
@@ -265,6 +272,12 @@ def _order(impl, name: str, steps: tuple[int, ...], bounds: tuple[float, float],
     if not all(math.isfinite(e) for e in errors):
         raise Failure(f"chains of your {name} on Gaussian data ended with NaN or inf (steps {list(steps)}).", hint)
     slope = float(np.polyfit(np.log(steps), np.log(errors), 1)[0])
+    sampler = R.karras_heun_sample if name == "karras_heun_step" else R.dpm_solver_pp_2m_sample
+    ref = sampler(model, s, x_T.shape, steps=steps[-1], spacing="linspace", x_T=x_T, clip_x0=False, progress=False)
+    ref_error = float((ref - exact).pow(2).mean().sqrt())
+    if errors[-1] > 2 * ref_error + 1e-6:
+        raise Failure(f"a chain of {steps[-1]} of your {name} steps on Gaussian data ends {errors[-1]:.3g} (RMSE) from "
+                      f"the ODE's exact solution; the reference's chain ends {ref_error:.3g} from it.", hint)
     if not bounds[0] < slope < bounds[1]:
         raise Failure(f"chains of your {name} on Gaussian data (the ODE's exact solution known): the error should "
                       f"fall like steps^−2 (a fitted slope in ({bounds[0]}, {bounds[1]})) over {list(steps)} steps; "
@@ -328,6 +341,8 @@ def _dpm_diagnoses(s: R.NoiseSchedule, x_t: Tensor, t: int, t_prev: int, last=No
         (f(ratio="alpha"), "the data-prediction form scales x_t by σ_{t_prev}/σ_t (with σ = √(1 − ᾱ)), not by "
                            "α_{t_prev}/α_t"),
     ]
+    if t_prev == 0:
+        out.append((lambda: _denoise(x_t.double(), t, s, clip)[0], ZERO_IS_A_TIMESTEP))
     if clip:
         out.append((lambda: dpm_closed_form(s, x_t, t, t_prev, last=last)[0], "clip x̂0 to [−1, 1] when clip_x0"))
     return out
