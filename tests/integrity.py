@@ -64,6 +64,8 @@ ALLOWED: dict[str, str] = {
     "ssim": "`skimage.metrics`",
     "ddim_step": "`predict_x0`",
     "ddim_sample": "`ddim_step` and `ddim_timesteps`",
+    "karras_heun_step": "`predict_x0` and `predict_eps`",
+    "dpm_solver_pp_2m_step": "`predict_x0` and `math.expm1`",
 }
 
 #: reference objects that do an exercise's whole job under another name

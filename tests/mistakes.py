@@ -2303,6 +2303,269 @@ ALTERNATIVES += [
 ]
 
 
+
+# ------------------------------------------------------------------------------------------------ lesson 12
+# few-step ODE solvers of an ε-model: one step each, t_prev = −1 is the clean end (ᾱ = 1)
+
+HEUN_STEP = _src('''
+    from ddpm_ref import predict_eps, predict_x0
+
+
+    @torch.no_grad()
+    def karras_heun_step(model, x_t, t, t_prev, schedule, *, clip_x0=True, second_order=True):
+        def slope(x, step):
+            tt = torch.full((x.shape[0],), step, dtype=torch.long)
+            eps = model(x, tt)
+            x0 = predict_x0(x, tt, eps, schedule)
+            if clip_x0:
+                x0 = x0.clamp(-1, 1)
+                eps = predict_eps(x, tt, x0, schedule)
+            return x0, eps
+
+        ab = schedule.alpha_bars[t].item()
+        ab_prev = schedule.alpha_bars[t_prev].item() if t_prev >= 0 else 1.0
+        sigma, sigma_prev = math.sqrt((1 - ab) / ab), math.sqrt((1 - ab_prev) / ab_prev)
+        x0, d = slope(x_t, t)
+        if t_prev < 0:
+            return x0
+        x_bar = x_t / math.sqrt(ab)
+        h = sigma_prev - sigma
+        x_next = x_bar + h * d
+        if second_order:
+            _, d_next = slope(math.sqrt(ab_prev) * x_next, t_prev)
+            x_next = x_bar + h * (d + d_next) / 2
+        return math.sqrt(ab_prev) * x_next
+''')
+
+DPM_STEP = _src('''
+    from ddpm_ref import predict_x0
+
+
+    @torch.no_grad()
+    def dpm_solver_pp_2m_step(model, x_t, t, t_prev, schedule, *, last=None, clip_x0=True):
+        def lam(step):
+            ab = schedule.alpha_bars[step].item()
+            return 0.5 * math.log(ab / (1 - ab))
+
+        tt = torch.full((x_t.shape[0],), t, dtype=torch.long)
+        x0 = predict_x0(x_t, tt, model(x_t, tt), schedule)
+        if clip_x0:
+            x0 = x0.clamp(-1, 1)
+        if t_prev < 0:
+            return x0, x0
+        ab, ab_prev = schedule.alpha_bars[t].item(), schedule.alpha_bars[t_prev].item()
+        h = lam(t_prev) - lam(t)
+        d = x0
+        if last is not None:
+            t_last, x0_last = last
+            r = (lam(t) - lam(t_last)) / h
+            d = (1 + 1 / (2 * r)) * x0 - x0_last / (2 * r)
+        x_prev = math.sqrt((1 - ab_prev) / (1 - ab)) * x_t - math.sqrt(ab_prev) * math.expm1(-h) * d
+        return x_prev, x0
+''')
+
+_HEUN_WRAPPED = _edit(_edit(HEUN_STEP, "    if t_prev < 0:\n        return x0\n", ""),
+                      "schedule.alpha_bars[t_prev].item() if t_prev >= 0 else 1.0",
+                      "schedule.alpha_bars[t_prev].item()")
+_HEUN_PLAIN_SIGMA = _edit(_edit(_edit(_edit(
+    HEUN_STEP, "math.sqrt((1 - ab) / ab), math.sqrt((1 - ab_prev) / ab_prev)",
+    "math.sqrt(1 - ab), math.sqrt(1 - ab_prev)"),
+    "x_bar = x_t / math.sqrt(ab)", "x_bar = x_t"),
+    "slope(math.sqrt(ab_prev) * x_next, t_prev)", "slope(x_next, t_prev)"),
+    "return math.sqrt(ab_prev) * x_next", "return x_next")
+
+_L12: list[tuple[str, str, str, str, str]] = [
+    # (name, exercise, description, source, feedback)
+    ("heun_returns_x_bar", "karras_heun_step", "returns x̄_{t_prev} = x/√ᾱ, forgetting to scale back by √ᾱ_{t_prev}",
+     _edit(HEUN_STEP, "return math.sqrt(ab_prev) * x_next", "return x_next"), "you returned x̄"),
+    ("heun_model_on_x_bar", "karras_heun_step", "calls the model on the Euler point x̄' itself, not on √ᾱ_{t_prev}·x̄'",
+     _edit(HEUN_STEP, "slope(math.sqrt(ab_prev) * x_next, t_prev)", "slope(x_next, t_prev)"),
+     "the model takes x = √ᾱ·x̄"),
+    ("heun_second_slope_at_t", "karras_heun_step", "evaluates the corrector's slope d' at t instead of t_prev",
+     _edit(HEUN_STEP, "slope(math.sqrt(ab_prev) * x_next, t_prev)", "slope(math.sqrt(ab_prev) * x_next, t)"),
+     "evaluate the second slope d' at t_prev"),
+    ("heun_second_slope_only", "karras_heun_step", "steps with d' alone, x̄ + h·d', instead of the average of d and d'",
+     _edit(HEUN_STEP, "x_bar + h * (d + d_next) / 2", "x_bar + h * d_next"), "average the two slopes"),
+    ("heun_corrector_from_euler_point", "karras_heun_step", "adds the corrector to the Euler point x̄' instead of x̄",
+     _edit(HEUN_STEP, "x_next = x_bar + h * (d + d_next) / 2",
+           "x_next = x_next + h * (d + d_next) / 2"),
+     "the corrector starts from x̄"),
+    ("heun_wrapped_clean_end", "karras_heun_step",
+     "reads ᾱ_{−1} as alpha_bars[−1] and runs the corrector at t_prev = −1",
+     _HEUN_WRAPPED, "alpha_bars[−1] is Python's last element"),
+    ("heun_no_eps_recompute", "karras_heun_step", "clips x̂0 but keeps the model's ε̂ as the slope",
+     _edit(HEUN_STEP, "            eps = predict_eps(x, tt, x0, schedule)\n", ""), "recompute ε̂"),
+    ("heun_ignores_second_order", "karras_heun_step", "always runs the corrector, even with second_order=False",
+     _edit(HEUN_STEP, "if second_order:", "if True:"), "without second_order the step is Euler's alone"),
+    ("heun_no_change_of_variables", "karras_heun_step", "steps x along σ = √(1 − ᾱ) instead of x̄ = x/√ᾱ along σ̄",
+     _HEUN_PLAIN_SIGMA, "not x along σ = √(1 − ᾱ)"),
+    ("heun_t_prev_zero_is_the_end", "karras_heun_step", "`t_prev <= 0` ends the chain: at t_prev = 0 it returns x̂0",
+     _edit(HEUN_STEP, "if t_prev < 0:", "if t_prev <= 0:"), "t_prev = 0 is the last timestep"),
+    ("dpm_r_is_one", "dpm_solver_pp_2m_step", "takes r = 1 (D = 1.5·x̂0_t − 0.5·x̂0_last) whatever the steps",
+     _edit(DPM_STEP, "r = (lam(t) - lam(t_last)) / h", "r = 1.0"), "not 1"),
+    ("dpm_r_inverted", "dpm_solver_pp_2m_step", "r = h/(λ_t − λ_last): the ratio of the steps upside down",
+     _edit(DPM_STEP, "r = (lam(t) - lam(t_last)) / h", "r = h / (lam(t) - lam(t_last))"),
+     "not h/(λ_t − λ_last)"),
+    ("dpm_r_in_timesteps", "dpm_solver_pp_2m_step", "measures the step ratio in timesteps, (t_last − t)/(t − t_prev)",
+     _edit(DPM_STEP, "r = (lam(t) - lam(t_last)) / h", "r = (t_last - t) / (t - t_prev)"),
+     "not in timesteps"),
+    ("dpm_extrapolates_backwards", "dpm_solver_pp_2m_step", "swaps x̂0_t and x̂0_last in D",
+     _edit(DPM_STEP, "d = (1 + 1 / (2 * r)) * x0 - x0_last / (2 * r)",
+           "d = (1 + 1 / (2 * r)) * x0_last - x0 / (2 * r)"),
+     "not with the two swapped"),
+    ("dpm_exp_of_plus_h", "dpm_solver_pp_2m_step", "uses e^{h} − 1 instead of e^{−h} − 1",
+     _edit(DPM_STEP, "math.expm1(-h)", "math.expm1(h)"), "not e^{h} − 1"),
+    ("dpm_alpha_ratio", "dpm_solver_pp_2m_step", "scales x_t by α_{t_prev}/α_t (the noise-prediction form's factor)",
+     _edit(DPM_STEP, "math.sqrt((1 - ab_prev) / (1 - ab)) * x_t", "math.sqrt(ab_prev / ab) * x_t"),
+     "not by α_{t_prev}/α_t"),
+    ("dpm_ignores_last", "dpm_solver_pp_2m_step", "never uses `last`: every step first order (DDIM)",
+     _edit(DPM_STEP, "    if last is not None:\n        t_last, x0_last = last\n"
+           "        r = (lam(t) - lam(t_last)) / h\n        d = (1 + 1 / (2 * r)) * x0 - x0_last / (2 * r)\n", ""),
+     "the second-order step uses `last`"),
+    ("dpm_wrapped_clean_end", "dpm_solver_pp_2m_step", "reads ᾱ_{−1} as alpha_bars[−1] and steps to it",
+     _edit(DPM_STEP, "    if t_prev < 0:\n        return x0, x0\n", ""),
+     "alpha_bars[−1] is Python's last element"),
+    ("dpm_no_clip", "dpm_solver_pp_2m_step", "ignores clip_x0: x̂0 is never clipped",
+     _edit(DPM_STEP, "    if clip_x0:\n        x0 = x0.clamp(-1, 1)\n", ""),
+     "clip x̂0 to [−1, 1] when clip_x0"),
+    ("dpm_t_prev_zero_is_the_end", "dpm_solver_pp_2m_step", "`t_prev <= 0` ends the chain: at t_prev = 0 it returns x̂0",
+     _edit(DPM_STEP, "if t_prev < 0:", "if t_prev <= 0:"), "t_prev = 0 is the last timestep"),
+]
+
+#: the checks each lesson-12 mistake breaks (every other check of its exercise passes)
+_L12_BREAKS: dict[str, tuple[str, ...]] = {
+    "heun_returns_x_bar": (
+        "karras_heun_step_clip", "karras_heun_step_corrector", "karras_heun_step_euler_is_ddim",
+        "karras_heun_step_is_second_order", "karras_heun_step_options_and_edges",
+    ),
+    "heun_model_on_x_bar": (
+        "karras_heun_step_clip", "karras_heun_step_corrector", "karras_heun_step_is_second_order",
+        "karras_heun_step_options_and_edges",
+    ),
+    "heun_second_slope_at_t": (
+        "karras_heun_step_clip", "karras_heun_step_corrector", "karras_heun_step_is_second_order",
+        "karras_heun_step_options_and_edges",
+    ),
+    "heun_second_slope_only": (
+        "karras_heun_step_clip", "karras_heun_step_corrector", "karras_heun_step_is_second_order",
+        "karras_heun_step_options_and_edges",
+    ),
+    "heun_corrector_from_euler_point": (
+        "karras_heun_step_batch_of_one_int_timesteps", "karras_heun_step_clip", "karras_heun_step_corrector",
+        "karras_heun_step_is_second_order", "karras_heun_step_options_and_edges",
+    ),
+    "heun_wrapped_clean_end": (
+        "karras_heun_step_is_second_order", "karras_heun_step_last_step",
+    ),
+    "heun_no_eps_recompute": (
+        "karras_heun_step_clip", "karras_heun_step_options_and_edges",
+    ),
+    "heun_ignores_second_order": (
+        "karras_heun_step_euler_is_ddim", "karras_heun_step_options_and_edges",
+    ),
+    "heun_no_change_of_variables": (
+        "karras_heun_step_clip", "karras_heun_step_corrector", "karras_heun_step_euler_is_ddim",
+        "karras_heun_step_is_second_order", "karras_heun_step_options_and_edges",
+    ),
+    "heun_t_prev_zero_is_the_end": (
+        "karras_heun_step_batch_of_one_int_timesteps", "karras_heun_step_corrector", "karras_heun_step_euler_is_ddim",
+        "karras_heun_step_is_second_order", "karras_heun_step_options_and_edges",
+    ),
+    "dpm_r_is_one": (
+        "dpm_solver_pp_2m_step_batch_of_one", "dpm_solver_pp_2m_step_clip", "dpm_solver_pp_2m_step_options_and_edges",
+        "dpm_solver_pp_2m_step_second_order",
+    ),
+    "dpm_r_inverted": (
+        "dpm_solver_pp_2m_step_batch_of_one", "dpm_solver_pp_2m_step_clip", "dpm_solver_pp_2m_step_options_and_edges",
+        "dpm_solver_pp_2m_step_second_order",
+    ),
+    "dpm_r_in_timesteps": (
+        "dpm_solver_pp_2m_step_batch_of_one", "dpm_solver_pp_2m_step_clip", "dpm_solver_pp_2m_step_is_second_order",
+        "dpm_solver_pp_2m_step_options_and_edges", "dpm_solver_pp_2m_step_second_order",
+    ),
+    "dpm_extrapolates_backwards": (
+        "dpm_solver_pp_2m_step_batch_of_one", "dpm_solver_pp_2m_step_clip", "dpm_solver_pp_2m_step_is_second_order",
+        "dpm_solver_pp_2m_step_options_and_edges", "dpm_solver_pp_2m_step_second_order",
+    ),
+    "dpm_exp_of_plus_h": (
+        "dpm_solver_pp_2m_step_batch_of_one", "dpm_solver_pp_2m_step_clip", "dpm_solver_pp_2m_step_first_order",
+        "dpm_solver_pp_2m_step_is_second_order", "dpm_solver_pp_2m_step_options_and_edges",
+        "dpm_solver_pp_2m_step_second_order",
+    ),
+    "dpm_alpha_ratio": (
+        "dpm_solver_pp_2m_step_batch_of_one", "dpm_solver_pp_2m_step_clip", "dpm_solver_pp_2m_step_first_order",
+        "dpm_solver_pp_2m_step_is_second_order", "dpm_solver_pp_2m_step_options_and_edges",
+        "dpm_solver_pp_2m_step_second_order",
+    ),
+    "dpm_ignores_last": (
+        "dpm_solver_pp_2m_step_batch_of_one", "dpm_solver_pp_2m_step_clip", "dpm_solver_pp_2m_step_is_second_order",
+        "dpm_solver_pp_2m_step_options_and_edges", "dpm_solver_pp_2m_step_second_order",
+    ),
+    "dpm_wrapped_clean_end": (
+        "dpm_solver_pp_2m_step_is_second_order", "dpm_solver_pp_2m_step_last_step",
+    ),
+    "dpm_no_clip": (
+        "dpm_solver_pp_2m_step_clip", "dpm_solver_pp_2m_step_last_step", "dpm_solver_pp_2m_step_options_and_edges",
+    ),
+    "dpm_t_prev_zero_is_the_end": (
+        "dpm_solver_pp_2m_step_first_order", "dpm_solver_pp_2m_step_is_second_order",
+        "dpm_solver_pp_2m_step_options_and_edges",
+    ),
+}
+
+MISTAKES += [Mistake(name, exercise, _L12_BREAKS[name], description, source, feedback)
+             for name, exercise, description, source, feedback in _L12]
+
+ALTERNATIVES += [
+    Alternative("karras_heun_step_student", "karras_heun_step", "the lesson's step", HEUN_STEP),
+    Alternative("karras_heun_step_padded_sigmas", "karras_heun_step", "σ̄ from a float64 table padded with σ̄ = 0 for "
+                "t = −1, the last step taken as the Euler step to σ̄ = 0 (x̂0 up to rounding), ε̂ by hand", _src('''
+        @torch.no_grad()
+        def karras_heun_step(model, x_t, t, t_prev, schedule, *, clip_x0=True, second_order=True):
+            ab = torch.cat([schedule.alpha_bars, torch.ones(1, dtype=torch.float64)])  # ab[-1] = 1: the clean end
+            sig = ((1 - ab) / ab).sqrt()
+
+            def eps_hat(x_bar, i):
+                a = float(ab[i].sqrt())
+                x = a * x_bar
+                e = model(x, torch.tensor([i] * x.shape[0]))
+                if clip_x0:
+                    x0 = ((x - (1 - a * a) ** 0.5 * e) / a).clamp(min=-1.0, max=1.0)
+                    e = (x - a * x0) / (1 - a * a) ** 0.5
+                return e
+
+            x_bar = x_t / float(ab[t].sqrt())
+            h = float(sig[t_prev] - sig[t])
+            d = eps_hat(x_bar, t)
+            euler = x_bar + h * d
+            if second_order and t_prev >= 0:
+                euler = x_bar + 0.5 * h * (d + eps_hat(euler, t_prev))
+            return float(ab[t_prev].sqrt()) * euler
+    ''')),
+    Alternative("dpm_solver_pp_2m_step_student", "dpm_solver_pp_2m_step", "the lesson's step", DPM_STEP),
+    Alternative("dpm_solver_pp_2m_step_tables", "dpm_solver_pp_2m_step", "α, σ and λ from the schedule's tables "
+                "(schedule.gather), D written as x̂0 + (x̂0 − x̂0_last)/(2r), e^{−h} − 1 without expm1", _src('''
+        @torch.no_grad()
+        def dpm_solver_pp_2m_step(model, x_t, t, t_prev, schedule, *, last=None, clip_x0=True):
+            lam = schedule.sqrt_alpha_bars.log() - schedule.sqrt_one_minus_alpha_bars.log()
+            alpha = schedule.gather(schedule.sqrt_alpha_bars, t, x_t)
+            sigma = schedule.gather(schedule.sqrt_one_minus_alpha_bars, t, x_t)
+            x0 = (x_t - sigma * model(x_t, torch.full((len(x_t),), t))) / alpha
+            x0 = torch.clamp(x0, -1, 1) if clip_x0 else x0
+            if t_prev == -1:
+                return x0, x0
+            h = float(lam[t_prev] - lam[t])
+            if last is None:
+                D = x0
+            else:
+                r = float(lam[t] - lam[last[0]]) / h
+                D = x0 + (x0 - last[1]) / (2 * r)
+            alpha_prev = schedule.gather(schedule.sqrt_alpha_bars, t_prev, x_t)
+            sigma_prev = schedule.gather(schedule.sqrt_one_minus_alpha_bars, t_prev, x_t)
+            return sigma_prev / sigma * x_t + alpha_prev * (1 - math.exp(-h)) * D, x0
+    ''')),
+]
+
 def by_name(name: str) -> Mistake:
     """The mistake called ``name``."""
     for m in MISTAKES:

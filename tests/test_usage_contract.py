@@ -1021,3 +1021,53 @@ def test_probability_flow_sample_uses_only_its_generator(impl) -> None:
                                          progress=False),
                           "probability_flow_sample(model, schedule, (8, 2), generator=g)",
                           "x = torch.randn(shape, generator=generator) when x_T is None")
+
+
+# ------------------------------------------------------------------------------------------------ lesson 12
+
+
+def _solver_step(impl, name: str, x_t: Tensor, t: int, t_prev: int, s: R.NoiseSchedule, **kwargs) -> Tensor:
+    model = Recorder(half_eps)
+    out = getattr(impl, name)(model, x_t, t, t_prev, s, **kwargs)
+    if name == "dpm_solver_pp_2m_step":
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise Failure(f"{name}(...) should return a pair (x_{{t_prev}}, x̂0_t), got {type(out).__name__}.",
+                          "return x_prev, x0")
+        out = out[0]
+    return expect_tensor(out, f"{name}(model, x_t {list(x_t.shape)}, t={t}, t_prev={t_prev}, ...)",
+                         shape=x_t.shape, dtype=x_t.dtype)
+
+
+@check("karras_heun_step")
+def test_karras_heun_step_options_and_edges(impl) -> None:
+    """clip_x0=False and second_order=False (falsy but given) honoured and passed on to both evaluations; t_prev = 0
+    is a timestep like any other (the corrector runs there); one image [1, 1, 2, 2] with |x̂0| > 1 (T = 10)."""
+    s = short_schedule()
+    x_t = torch.tensor([[[[3.0, -2.5], [0.4, 1.8]]]])
+    for kwargs in ({"clip_x0": False}, {"second_order": False}, {"clip_x0": False, "second_order": False}, {}):
+        for t, t_prev in ((9, 4), (3, 0)):
+            out = _solver_step(impl, "karras_heun_step", x_t, t, t_prev, s, **kwargs)
+            want = R.karras_heun_step(half_eps, x_t, t, t_prev, s, **kwargs)
+            hint = ("t_prev = 0 is the last timestep, not the clean end (only t_prev = −1 is): the corrector runs "
+                    "there" if t_prev == 0 else "use clip_x0 and second_order exactly as given (False included) in "
+                    "both evaluations of ε̂")
+            expect_close(out, want, f"karras_heun_step(t={t}, t_prev={t_prev}, {kwargs}) on one image", atol=1e-4,
+                         rtol=1e-4, hint=hint)
+
+
+@check("dpm_solver_pp_2m_step")
+def test_dpm_solver_pp_2m_step_options_and_edges(impl) -> None:
+    """clip_x0=False (falsy but given) honoured; t_prev = 0 is a timestep (the second-order step runs there), and so
+    is t_last = t + 1; one image [1, 1, 2, 2] with |x̂0| > 1 (T = 10)."""
+    s = short_schedule()
+    x_t = torch.tensor([[[[3.0, -2.5], [0.4, 1.8]]]])
+    x0_last = torch.tensor([[[[0.5, -0.9], [0.2, 0.7]]]])
+    for clip in (False, True):
+        for t, t_prev, last in ((9, 4, None), (4, 0, (9, x0_last)), (2, 1, (3, x0_last))):
+            out = _solver_step(impl, "dpm_solver_pp_2m_step", x_t, t, t_prev, s, last=last, clip_x0=clip)
+            want, _ = R.dpm_solver_pp_2m_step(half_eps, x_t, t, t_prev, s, last=last, clip_x0=clip)
+            hint = ("t_prev = 0 is the last timestep, not the clean end (only t_prev = −1 is): the step runs there "
+                    "as anywhere else" if t_prev == 0 else "use clip_x0 exactly as given (False included)")
+            expect_close(out, want, f"dpm_solver_pp_2m_step(t={t}, t_prev={t_prev}, last="
+                         f"{'None' if last is None else (last[0], '…')}, clip_x0={clip}) on one image", atol=1e-4,
+                         rtol=1e-4, hint=hint)
