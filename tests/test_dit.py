@@ -203,8 +203,6 @@ def _variant(ref: D.DiTBlock, x: Tensor, c: Tensor, kind: str) -> Tensor:
             return D.modulate(h, sc, sh)
     else:
         mod = D.modulate
-    if kind == "order":
-        sh1, sc1, g1, sh2, sc2, g2 = sc1, sh1, g1, sc2, sh2, g2
     if kind == "no_gate":
         g1, g2 = torch.ones_like(g1), torch.ones_like(g2)
     if kind == "post_norm":
@@ -231,9 +229,9 @@ def test_DiTBlock_with_reference_weights(impl) -> None:
             diagnoses = [
                 (_variant(ref, x, c, "no_one"), "modulate as LN(x)·(1 + scale) + shift: the 1 keeps a zero scale "
                                                 "from wiping out the features"),
-                (_variant(ref, x, c, "swap"), "shift is added and scale multiplies: LN(x)·(1 + scale) + shift"),
-                (_variant(ref, x, c, "order"), "the six chunks come in the order shift, scale, gate (attention), "
-                                               "then shift, scale, gate (MLP)"),
+                (_variant(ref, x, c, "swap"), "shift and scale are swapped: the six chunks come in the order "
+                                              "shift, scale, gate (attention), then shift, scale, gate (MLP); shift "
+                                              "is added and scale multiplies, LN(x)·(1 + scale) + shift"),
                 (_variant(ref, x, c, "no_gate"), "multiply each sub-block's output by its gate before the residual "
                                                  "addition"),
                 (_variant(ref, x, c, "post_norm"), "normalise the input of each sub-block (pre-norm), not the sum"),
