@@ -1,15 +1,16 @@
 """ddpm_ref: the reference DDPM of the course (Ho et al. 2020), in plain PyTorch.
 
 At the top, the math and data a student reads (schedule → diffusion → samplers → solvers → flow → guidance → score;
-unet, metrics, oracle, data; with progress, plots, pictures and atomic file writes). Beside them, packages, each
-importing only from the ones before it: ``speed`` (the switches) → ``training`` (the Trainer) → ``evaluation`` →
-``bench`` → ``course`` (what the notebooks share) → ``grading`` → ``cli``. Module paths from before the packages still
-import (:mod:`ddpm_ref._moved`).
+unet, the latent-diffusion pair vae and dit, metrics, oracle, data; with progress, plots, pictures and atomic file
+writes). Beside them, packages, each importing only from the ones before it: ``speed`` (the switches) →
+``training`` (the Trainer) → ``evaluation`` → ``bench`` → ``course`` (what the notebooks share) → ``grading`` →
+``cli``. Module paths from before the packages still import (:mod:`ddpm_ref._moved`).
 Timesteps are 0-based (t ∈ {0, …, T−1}); images are [B, C, H, W] in [−1, 1].
 """
 
 from . import _moved
 from .diffusion import ddpm_loss, predict_eps, predict_x0, q_posterior, q_sample
+from .dit import DiT, DiTBlock, patchify, unpatchify
 from .flow import GaussianMixtureVelocity, euler_sample, flow_matching_loss, heun_sample
 from .guidance import (
     GuidedModel,
@@ -46,10 +47,20 @@ from .solvers import (
     karras_heun_step,
 )
 from .unet import LabelEmbedding, ResBlock, SelfAttention, SinusoidalTimeEmbedding, UNet
+from .vae import ConvVAE, kl_divergence, latent_scale_factor, reparameterize, vae_loss
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConvVAE",
+    "DiT",
+    "DiTBlock",
+    "kl_divergence",
+    "latent_scale_factor",
+    "patchify",
+    "reparameterize",
+    "unpatchify",
+    "vae_loss",
     "GaussianMixtureOracle",
     "GaussianMixtureVelocity",
     "GuidedModel",

@@ -48,6 +48,7 @@ EXERCISES: tuple[str, ...] = (
     "LabelEmbedding", "drop_labels", "guided_eps", "cfg_sample",  # lesson 8
     "flow_matching_loss", "euler_sample", "heun_sample",  # lesson 9
     "score_from_eps", "dsm_loss", "langevin_sample", "reverse_sde_sample", "probability_flow_sample",  # lesson 10
+    "reparameterize", "kl_divergence", "latent_scale_factor", "patchify", "DiTBlock",  # lesson 11
     "karras_heun_step", "dpm_solver_pp_2m_step",  # lesson 12
 )
 

@@ -2581,3 +2581,327 @@ def hidden_checks(mistake: Mistake) -> set[str]:
     load_all_checks()
     hidden = {check_name(f) for f in REGISTRY.get(mistake.exercise, []) if f.hidden}
     return set(mistake.breaks) & hidden
+
+# ------------------------------------------------------------------------------------------------ lesson 11
+
+REPARAMETERIZE = _src('''
+    def reparameterize(mean, logvar, generator=None):
+        std = torch.exp(0.5 * logvar)
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+        return mean + std * eps
+''')
+
+KL_DIVERGENCE = _src('''
+    def kl_divergence(mean, logvar):
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar)
+        return kl.flatten(1).sum(dim=1).mean()
+''')
+
+LATENT_SCALE_FACTOR = _src('''
+    def latent_scale_factor(latents):
+        return 1.0 / latents.std().item()
+''')
+
+PATCHIFY = _src('''
+    def patchify(x, patch_size):
+        B, C, H, W = x.shape
+        p = patch_size
+        x = x.reshape(B, C, H // p, p, W // p, p)
+        x = x.permute(0, 2, 4, 3, 5, 1)
+        return x.reshape(B, (H // p) * (W // p), p * p * C)
+''')
+
+DIT_BLOCK = _src('''
+    from ddpm_ref.dit import Attention
+
+
+    class DiTBlock(nn.Module):
+        def __init__(self, dim, num_heads, mlp_ratio=4.0):
+            super().__init__()
+            hidden = int(dim * mlp_ratio)
+            self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+            self.attn = Attention(dim, num_heads)
+            self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+            self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+            self.ada_ln = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+            nn.init.zeros_(self.ada_ln[1].weight)
+            nn.init.zeros_(self.ada_ln[1].bias)
+
+        def forward(self, x, c):
+            shift1, scale1, gate1, shift2, scale2, gate2 = self.ada_ln(c).chunk(6, dim=1)
+            h = self.norm1(x) * (1 + scale1[:, None]) + shift1[:, None]
+            x = x + gate1[:, None] * self.attn(h)
+            h = self.norm2(x) * (1 + scale2[:, None]) + shift2[:, None]
+            return x + gate2[:, None] * self.mlp(h)
+''')
+
+_L11: list[tuple[str, str, str, str, str]] = [
+    # (name, exercise, description, source, feedback)
+    ("reparam_variance_as_std", "reparameterize", "scales ε by exp(logvar), the variance, not the std",
+     _edit(REPARAMETERIZE, "torch.exp(0.5 * logvar)", "torch.exp(logvar)"), "exp(logvar) is the variance"),
+    ("reparam_logvar_as_std", "reparameterize", "scales ε by logvar itself",
+     _edit(REPARAMETERIZE, "torch.exp(0.5 * logvar)", "logvar"), "logvar is log σ², not σ"),
+    ("reparam_no_mean", "reparameterize", "returns σ·ε: the mean is never added",
+     _edit(REPARAMETERIZE, "return mean + std * eps", "return std * eps"), "add the mean"),
+    ("reparam_randn_like", "reparameterize", "draws ε with torch.randn_like(mean), ignoring the generator",
+     _edit(REPARAMETERIZE, "torch.randn(mean.shape, generator=generator, dtype=mean.dtype)",
+           "torch.randn_like(mean)"), "global random state"),
+    ("reparam_detached_std", "reparameterize", "σ from a detached logvar: the encoder's variance never learns",
+     _edit(REPARAMETERIZE, "torch.exp(0.5 * logvar)", "torch.exp(0.5 * logvar.detach())"),
+     "logvar gets no gradient"),
+    ("reparam_negative_half", "reparameterize", "σ = exp(−½·logvar): a larger log-variance shrinks z",
+     _edit(REPARAMETERIZE, "torch.exp(0.5 * logvar)", "torch.exp(-0.5 * logvar)"), "exp(+½·logvar)"),
+    ("kl_mean_over_entries", "kl_divergence", "averages the KL over a sample's entries instead of summing them",
+     _edit(KL_DIVERGENCE, "kl.flatten(1).sum(dim=1).mean()", "kl.mean()"), "do not average over the entries"),
+    ("kl_sum_over_batch", "kl_divergence", "sums the per-sample KL over the batch instead of averaging",
+     _edit(KL_DIVERGENCE, "kl.flatten(1).sum(dim=1).mean()", "kl.sum()"), "do not sum over it"),
+    ("kl_no_half", "kl_divergence", "drops the factor ½ of the closed form",
+     _edit(KL_DIVERGENCE, "kl = 0.5 * (", "kl = ("), "factor ½"),
+    ("kl_var_and_logvar_swapped", "kl_divergence", "writes μ² + log σ² − 1 − σ²: variance and log-variance swapped",
+     _edit(KL_DIVERGENCE, "logvar.exp() - 1 - logvar", "logvar - 1 - logvar.exp()"), "you swapped them"),
+    ("kl_negated", "kl_divergence", "returns −KL: the sign of the closed form flipped",
+     _edit(KL_DIVERGENCE, "kl = 0.5 * (", "kl = -0.5 * ("), "mind the sign"),
+    ("kl_sum_channels_only", "kl_divergence", "sums over dim 1 only, then averages the rest with the batch",
+     _edit(KL_DIVERGENCE, "kl.flatten(1).sum(dim=1).mean()", "kl.sum(dim=1).mean()"), "flatten(1).sum(1)"),
+    ("scale_is_std", "latent_scale_factor", "returns std(z): the latents' spread is multiplied, not undone",
+     _edit(LATENT_SCALE_FACTOR, "1.0 / latents.std().item()", "latents.std().item()"), "reciprocal"),
+    ("scale_over_variance", "latent_scale_factor", "returns 1/var(z)",
+     _edit(LATENT_SCALE_FACTOR, "1.0 / latents.std().item()", "1.0 / latents.var().item()"), "not by the variance"),
+    ("scale_rms", "latent_scale_factor", "returns 1/√mean(z²): the mean of the latents counted as spread",
+     _edit(LATENT_SCALE_FACTOR, "1.0 / latents.std().item()", "1.0 / latents.pow(2).mean().sqrt().item()"),
+     "root mean square"),
+    ("scale_per_channel", "latent_scale_factor", "one factor per channel, std over (batch, height, width)",
+     _edit(LATENT_SCALE_FACTOR, "1.0 / latents.std().item()", "1.0 / latents.std(dim=(0, 2, 3))"), "one factor"),
+    ("scale_abs_max", "latent_scale_factor", "returns 1/max|z|: squeezes the latents into [−1, 1] instead",
+     _edit(LATENT_SCALE_FACTOR, "1.0 / latents.std().item()", "1.0 / latents.abs().max().item()"),
+     "largest magnitude"),
+    ("patchify_unfold", "patchify", "F.unfold's layout: each patch flattened as (channel, row, column)",
+     _src('''
+        def patchify(x, patch_size):
+            return F.unfold(x, patch_size, stride=patch_size).transpose(1, 2)
+     '''), "channels last"),
+    ("patchify_grid_by_columns", "patchify", "reads the grid of patches column by column",
+     _edit(PATCHIFY, "x.permute(0, 2, 4, 3, 5, 1)", "x.permute(0, 4, 2, 3, 5, 1)"), "row by row over the grid"),
+    ("patchify_patch_transposed", "patchify", "flattens each patch column by column",
+     _edit(PATCHIFY, "x.permute(0, 2, 4, 3, 5, 1)", "x.permute(0, 2, 4, 5, 3, 1)"),
+     "inside a patch, go row by row"),
+    ("patchify_square_only", "patchify", "takes the grid as (H/p)×(H/p): fails on an image that is not square",
+     _edit(PATCHIFY, "x = x.reshape(B, C, H // p, p, W // p, p)", "x = x.reshape(B, C, H // p, p, H // p, p)"),
+     "raised RuntimeError"),
+    ("patchify_plain_reshape", "patchify", "reshapes [B, C, H, W] to [B, N, p·p·C] with no permute: no patches at all",
+     _src('''
+        def patchify(x, patch_size):
+            B, C, H, W = x.shape
+            return x.reshape(B, (H // patch_size) * (W // patch_size), patch_size * patch_size * C)
+     '''), "row by row"),
+    ("dit_gates_not_zero", "DiTBlock", "the adaLN layer keeps its random init: a fresh block is not the identity",
+     _edit(DIT_BLOCK, "        nn.init.zeros_(self.ada_ln[1].weight)\n        nn.init.zeros_(self.ada_ln[1].bias)\n",
+           ""), "zero-initialise"),
+    ("dit_everything_zero", "DiTBlock", "zero-initialises every linear layer: no gradient reaches any parameter",
+     _edit(DIT_BLOCK, "        nn.init.zeros_(self.ada_ln[1].weight)\n",
+           "        for m in self.modules():\n            if isinstance(m, nn.Linear):\n"
+           "                nn.init.zeros_(m.weight)\n                nn.init.zeros_(m.bias)\n"
+           "        nn.init.zeros_(self.ada_ln[1].weight)\n"),
+     "keep the attention and MLP weights random"),
+    ("dit_no_gates", "DiTBlock", "adds the sub-blocks' outputs without their gates",
+     _edit(_edit(DIT_BLOCK, "x + gate1[:, None] * self.attn(h)", "x + self.attn(h)"),
+           "x + gate2[:, None] * self.mlp(h)", "x + self.mlp(h)"), "gate"),
+    ("dit_modulate_without_one", "DiTBlock", "modulates as LN(x)·scale + shift: the features vanish at init",
+     _edit(_edit(DIT_BLOCK, "(1 + scale1[:, None])", "scale1[:, None]"), "(1 + scale2[:, None])", "scale2[:, None]"),
+     "the 1 keeps"),
+    ("dit_chunk_order", "DiTBlock", "reads the chunks as (scale, shift, gate): shift and scale swapped",
+     _edit(DIT_BLOCK, "shift1, scale1, gate1, shift2, scale2, gate2 =",
+           "scale1, shift1, gate1, scale2, shift2, gate2 ="),
+     "shift and scale are swapped"),
+    ("dit_fixed_mlp_ratio", "DiTBlock", "the MLP is always 4·D wide: mlp_ratio is ignored",
+     _edit(DIT_BLOCK, "hidden = int(dim * mlp_ratio)", "hidden = 4 * dim"), "use the mlp_ratio given"),
+    ("dit_post_norm", "DiTBlock", "normalises after the residual sum (post-norm): a fresh block is not the identity",
+     _edit(DIT_BLOCK, "x = x + gate1[:, None] * self.attn(h)", "x = self.norm1(x + gate1[:, None] * self.attn(h))"),
+     "zero-initialise"),
+]
+
+#: the checks each lesson-11 mistake breaks (every other check of its exercise passes)
+_L11_BREAKS: dict[str, tuple[str, ...]] = {
+    "reparam_variance_as_std": (
+        "reparameterize_formula", "reparameterize_gradients", "reparameterize_moments",
+    ),
+    "reparam_logvar_as_std": (
+        "reparameterize_formula", "reparameterize_gradients", "reparameterize_moments",
+        "reparameterize_one_sample_float64_and_tiny_variance",
+    ),
+    "reparam_no_mean": (
+        "reparameterize_formula", "reparameterize_gradients", "reparameterize_moments",
+        "reparameterize_one_sample_float64_and_tiny_variance",
+    ),
+    "reparam_randn_like": (
+        "reparameterize_formula", "reparameterize_uses_only_its_generator",
+    ),
+    "reparam_detached_std": (
+        "reparameterize_gradients",
+    ),
+    "reparam_negative_half": (
+        "reparameterize_formula", "reparameterize_gradients", "reparameterize_moments",
+        "reparameterize_one_sample_float64_and_tiny_variance",
+    ),
+    "kl_mean_over_entries": (
+        "kl_divergence_analytic_values", "kl_divergence_flat_and_one_sample", "kl_divergence_gradients",
+        "kl_divergence_matches_torch_distributions",
+    ),
+    "kl_sum_over_batch": (
+        "kl_divergence_analytic_values", "kl_divergence_gradients", "kl_divergence_matches_torch_distributions",
+    ),
+    "kl_no_half": (
+        "kl_divergence_analytic_values", "kl_divergence_flat_and_one_sample", "kl_divergence_gradients",
+        "kl_divergence_matches_torch_distributions",
+    ),
+    "kl_var_and_logvar_swapped": (
+        "kl_divergence_analytic_values", "kl_divergence_flat_and_one_sample", "kl_divergence_gradients",
+        "kl_divergence_matches_torch_distributions",
+    ),
+    "kl_negated": (
+        "kl_divergence_analytic_values", "kl_divergence_flat_and_one_sample", "kl_divergence_gradients",
+        "kl_divergence_matches_torch_distributions",
+    ),
+    "kl_sum_channels_only": (
+        "kl_divergence_analytic_values", "kl_divergence_flat_and_one_sample",
+        "kl_divergence_matches_torch_distributions",
+    ),
+    "scale_is_std": (
+        "latent_scale_factor_gives_unit_variance", "latent_scale_factor_is_one_over_std",
+        "latent_scale_factor_one_sample_and_float64",
+    ),
+    "scale_over_variance": (
+        "latent_scale_factor_gives_unit_variance", "latent_scale_factor_is_one_over_std",
+        "latent_scale_factor_one_sample_and_float64",
+    ),
+    "scale_rms": (
+        "latent_scale_factor_gives_unit_variance", "latent_scale_factor_is_one_over_std",
+        "latent_scale_factor_one_sample_and_float64",
+    ),
+    "scale_per_channel": (
+        "latent_scale_factor_gives_unit_variance", "latent_scale_factor_is_one_over_std",
+        "latent_scale_factor_one_sample_and_float64",
+    ),
+    "scale_abs_max": (
+        "latent_scale_factor_gives_unit_variance", "latent_scale_factor_is_one_over_std",
+        "latent_scale_factor_one_sample_and_float64",
+    ),
+    "patchify_unfold": (
+        "patchify_is_inverted_by_unpatchify", "patchify_layout", "patchify_one_image_float64_and_non_contiguous",
+        "patchify_then_linear_is_the_strided_convolution",
+    ),
+    "patchify_grid_by_columns": (
+        "patchify_is_inverted_by_unpatchify", "patchify_layout", "patchify_one_image_float64_and_non_contiguous",
+        "patchify_then_linear_is_the_strided_convolution",
+    ),
+    "patchify_patch_transposed": (
+        "patchify_is_inverted_by_unpatchify", "patchify_layout", "patchify_one_image_float64_and_non_contiguous",
+        "patchify_then_linear_is_the_strided_convolution",
+    ),
+    "patchify_square_only": (
+        "patchify_is_inverted_by_unpatchify", "patchify_layout", "patchify_one_image_float64_and_non_contiguous",
+    ),
+    "patchify_plain_reshape": (
+        "patchify_is_inverted_by_unpatchify", "patchify_layout", "patchify_one_image_float64_and_non_contiguous",
+        "patchify_then_linear_is_the_strided_convolution",
+    ),
+    "dit_gates_not_zero": (
+        "DiTBlock_fresh_is_the_identity", "DiTBlock_honours_mlp_ratio_and_one_token",
+    ),
+    "dit_everything_zero": (
+        "DiTBlock_fresh_can_learn",
+    ),
+    "dit_no_gates": (
+        "DiTBlock_fresh_is_the_identity", "DiTBlock_honours_mlp_ratio_and_one_token",
+        "DiTBlock_with_reference_weights",
+    ),
+    "dit_modulate_without_one": (
+        "DiTBlock_with_reference_weights",
+    ),
+    "dit_chunk_order": (
+        "DiTBlock_with_reference_weights",
+    ),
+    "dit_fixed_mlp_ratio": (
+        "DiTBlock_honours_mlp_ratio_and_one_token",
+    ),
+    "dit_post_norm": (
+        "DiTBlock_fresh_is_the_identity", "DiTBlock_honours_mlp_ratio_and_one_token",
+        "DiTBlock_with_reference_weights",
+    ),
+}
+
+MISTAKES += [Mistake(name, exercise, _L11_BREAKS[name], description, source, feedback)
+             for name, exercise, description, source, feedback in _L11]
+
+ALTERNATIVES += [
+    Alternative("reparameterize_student", "reparameterize", "the lesson's three lines", REPARAMETERIZE),
+    Alternative("reparameterize_addcmul", "reparameterize", "ε drawn in float32 and cast like mean, torch.addcmul, "
+                "σ = √exp(logvar)", _src('''
+        def reparameterize(mean, logvar, generator=None):
+            eps = torch.randn(mean.size(), generator=generator).to(mean)
+            return torch.addcmul(mean, logvar.exp().sqrt(), eps)
+    ''')),
+    Alternative("kl_divergence_student", "kl_divergence", "the lesson's closed form", KL_DIVERGENCE),
+    Alternative("kl_divergence_distributions", "kl_divergence", "torch.distributions' KL of Normal(μ, σ) against "
+                "Normal(0, 1), summed over the non-batch dims", _src('''
+        from torch.distributions import Normal
+        from torch.distributions import kl_divergence as kl_of
+
+
+        def kl_divergence(mean, logvar):
+            q = Normal(mean, torch.exp(0.5 * logvar))
+            p = Normal(torch.zeros_like(mean), torch.ones_like(mean))
+            return kl_of(q, p).sum(dim=tuple(range(1, mean.dim()))).mean()
+    ''')),
+    Alternative("latent_scale_factor_student", "latent_scale_factor", "the lesson's line", LATENT_SCALE_FACTOR),
+    Alternative("latent_scale_factor_numpy_population", "latent_scale_factor", "numpy's population std (1/N) of a "
+                "detached copy, as a numpy float", _src('''
+        def latent_scale_factor(latents):
+            return 1 / np.std(latents.detach().cpu().numpy())
+    ''')),
+    Alternative("latent_scale_factor_rsqrt_tensor", "latent_scale_factor", "a 0-d tensor: rsqrt of the variance",
+                _src('''
+        def latent_scale_factor(latents):
+            return torch.rsqrt(latents.detach().float().var())
+    ''')),
+    Alternative("patchify_student", "patchify", "the lesson's reshape-permute-reshape", PATCHIFY),
+    Alternative("patchify_tensor_unfold", "patchify", "Tensor.unfold over rows then columns, channels moved last",
+                _src('''
+        def patchify(x, patch_size):
+            p = patch_size
+            patches = x.unfold(2, p, p).unfold(3, p, p)  # [B, C, H/p, W/p, p, p]
+            return patches.permute(0, 2, 3, 4, 5, 1).flatten(3).flatten(1, 2)
+    ''')),
+    Alternative("patchify_loop", "patchify", "a loop over the patches, stacked", _src('''
+        def patchify(x, patch_size):
+            B, C, H, W = x.shape
+            p = patch_size
+            tokens = [x[:, :, i:i + p, j:j + p].permute(0, 2, 3, 1).reshape(B, -1)
+                      for i in range(0, H, p) for j in range(0, W, p)]
+            return torch.stack(tokens, dim=1)
+    ''')),
+    Alternative("dit_block_student", "DiTBlock", "the lesson's block", DIT_BLOCK),
+    Alternative("dit_block_own_attention", "DiTBlock", "its own attention (nn.MultiheadAttention), modulate from "
+                "ddpm_ref, other names (its outputs then cannot be compared with the reference's weights)", _src('''
+        from ddpm_ref.dit import modulate
+
+
+        class DiTBlock(nn.Module):
+            def __init__(self, dim, num_heads, mlp_ratio=4.0):
+                super().__init__()
+                self.ln_attn = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+                self.mha = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+                self.ln_mlp = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+                width = int(mlp_ratio * dim)
+                self.ff = nn.Sequential(nn.Linear(dim, width), nn.GELU(approximate="tanh"), nn.Linear(width, dim))
+                self.to_mod = nn.Linear(dim, 6 * dim)
+                nn.init.constant_(self.to_mod.weight, 0.0)
+                nn.init.constant_(self.to_mod.bias, 0.0)
+
+            def forward(self, x, c):
+                mods = self.to_mod(F.silu(c)).reshape(c.shape[0], 6, -1).unbind(1)
+                h = modulate(self.ln_attn(x), mods[0], mods[1])
+                x = x + mods[2].unsqueeze(1) * self.mha(h, h, h, need_weights=False)[0]
+                return x + mods[5].unsqueeze(1) * self.ff(modulate(self.ln_mlp(x), mods[3], mods[4]))
+    ''')),
+]

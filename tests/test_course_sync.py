@@ -33,6 +33,7 @@ COURSE: dict[str, tuple[str, ...]] = {
     "08_guidance": ("LabelEmbedding", "drop_labels", "guided_eps", "cfg_sample"),
     "09_flow_matching": ("flow_matching_loss", "euler_sample", "heun_sample"),
     "10_score_sde": ("score_from_eps", "dsm_loss", "langevin_sample", "reverse_sde_sample", "probability_flow_sample"),
+    "11_latent_dit": ("reparameterize", "kl_divergence", "latent_scale_factor", "patchify", "DiTBlock"),
     "12_few_steps": ("karras_heun_step", "dpm_solver_pp_2m_step"),
 }
 

@@ -25,8 +25,8 @@ PACKAGE = ROOT / "ddpm_ref"
 #: says the same in words)
 LAYERS: tuple[tuple[str, ...], ...] = (
     # the math and data a student reads, and the helpers it draws, reports and writes files with
-    ("schedule", "diffusion", "samplers", "solvers", "flow", "guidance", "score", "unet", "metrics", "oracle", "data",
-     "progress", "plots", "pictures", "frontend", "files"),
+    ("schedule", "diffusion", "samplers", "solvers", "flow", "guidance", "score", "unet", "vae", "dit", "metrics",
+     "oracle", "data", "progress", "plots", "pictures", "frontend", "files"),
     ("speed",),  # how fast: the switches, the precision policy
     ("training",),
     ("evaluation",),

@@ -1023,6 +1023,111 @@ def test_probability_flow_sample_uses_only_its_generator(impl) -> None:
                           "x = torch.randn(shape, generator=generator) when x_T is None")
 
 
+# ------------------------------------------------------------------------------------------------ lesson 11
+
+
+@check("reparameterize")
+def test_reparameterize_uses_only_its_generator(impl) -> None:
+    """Latents [8, 4, 2, 2] draw ε only from ``generator`` (the same seed, the same z; the global state untouched)."""
+    g = gen(50)
+    mean, logvar = torch.randn(8, 4, 2, 2, generator=g), torch.randn(8, 4, 2, 2, generator=g)
+    expect_generator_only(lambda gg: impl.reparameterize(mean, logvar, gg),
+                          "reparameterize(mean [8, 4, 2, 2], logvar, generator=g)",
+                          "eps = torch.randn(mean.shape, generator=generator)")
+
+
+@check("reparameterize", hidden=True)
+def test_reparameterize_one_sample_float64_and_tiny_variance(impl) -> None:
+    """One sample [1, 3] in float64 stays float64; logvar = −30 (σ ≈ 3e-7) gives z = μ to within 1e-5."""
+    mean = torch.tensor([[0.3, -1.2, 2.0]], dtype=torch.float64)
+    z = expect_tensor(impl.reparameterize(mean, torch.full_like(mean, -30.0), gen(51)),
+                      "reparameterize(mean [1, 3] float64, logvar = −30, g)", shape=[1, 3], dtype=torch.float64,
+                      hint="draw ε in the dtype of mean: torch.randn(mean.shape, generator=generator, "
+                           "dtype=mean.dtype)")
+    expect_close(z, mean, "reparameterize with logvar = −30", atol=1e-5, rtol=0,
+                 hint="z = mean + exp(0.5·logvar)·ε: a tiny variance leaves z at the mean")
+
+
+@check("kl_divergence")
+def test_kl_divergence_flat_and_one_sample(impl) -> None:
+    """Latents [2, 4, 3, 3] give the KL of the same latents flattened to [2, 36]; one sample [1, 5] in float64."""
+    g = gen(52)
+    mean, logvar = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g)
+    a = expect_tensor(impl.kl_divergence(mean, logvar), "kl_divergence(mean [2, 4, 3, 3], logvar)", shape=[])
+    b = expect_tensor(impl.kl_divergence(mean.flatten(1), logvar.flatten(1)), "kl_divergence(mean [2, 36], logvar)",
+                      shape=[])
+    expect_close(a, b, "kl_divergence of [2, 4, 3, 3] latents against the same latents as [2, 36]", atol=1e-4,
+                 rtol=1e-5, hint="sum over every dimension but the first (flatten(1).sum(1)), whatever the shape")
+    m1, l1 = torch.randn(1, 5, generator=g, dtype=torch.float64), torch.randn(1, 5, generator=g, dtype=torch.float64)
+    out = expect_tensor(impl.kl_divergence(m1, l1), "kl_divergence(mean [1, 5] float64, logvar)", shape=[])
+    expect_close(out, 0.5 * (m1**2 + l1.exp() - 1 - l1).sum(), "kl_divergence of one sample", atol=1e-6, rtol=1e-6,
+                 hint="½·Σ(μ² + exp(logvar) − 1 − logvar) over the sample's entries")
+
+
+@check("latent_scale_factor")
+def test_latent_scale_factor_one_sample_and_float64(impl) -> None:
+    """One sample's latents [1, 4, 4, 4] (every entry counts) and float64 latents [10, 8]: s = 1/std."""
+    for z in (3 * torch.randn(1, 4, 4, 4, generator=gen(53)),
+              0.2 * torch.randn(10, 8, generator=gen(54), dtype=torch.float64) - 1):
+        out = impl.latent_scale_factor(z)
+        try:
+            value = float(out.detach().reshape(())) if isinstance(out, Tensor) else float(out)
+        except (TypeError, ValueError, RuntimeError):
+            raise Failure(f"latent_scale_factor(latents {list(z.shape)}) should return a number, got "
+                          f"{type(out).__name__}.", "return 1.0 / float(latents.std())") from None
+        want = 1 / float(z.double().std())
+        if abs(value - want) > 1e-2 * want:  # either std (1/N or 1/(N − 1)) of 64 entries
+            raise Failure(f"latent_scale_factor(latents {list(z.shape)} {str(z.dtype).removeprefix('torch.')}): "
+                          f"expected {want:.6g}, got {value:.6g}.",
+                          "s = 1 / latents.std() over every entry, the batch of one included")
+
+
+@check("patchify")
+def test_patchify_one_image_float64_and_non_contiguous(impl) -> None:
+    """One image [1, 2, 4, 4] in float64 (dtype kept), and a transposed (non-contiguous) input: the same tokens as
+    its contiguous copy."""
+    x = torch.randn(1, 2, 4, 4, generator=gen(55), dtype=torch.float64)
+    out = expect_tensor(impl.patchify(x, 2), "patchify(x [1, 2, 4, 4] float64, 2)", shape=[1, 4, 8],
+                        dtype=torch.float64)
+    expect_close(out, R.patchify(x, 2), "patchify of one float64 image", atol=0, rtol=0,
+                 hint="reshape and permute only: the values and dtype pass through unchanged")
+    xt = torch.randn(2, 3, 8, 4, generator=gen(56)).transpose(2, 3)  # [2, 3, 4, 8], not contiguous
+    try:
+        out = impl.patchify(xt, 2)
+    except RuntimeError as e:
+        raise Failure(f"patchify(x.transpose(2, 3), 2) raised {type(e).__name__}: {e}",
+                      "use .reshape (which copies when it must), not .view, after a permute") from None
+    expect_close(expect_tensor(out, "patchify(non-contiguous x [2, 3, 4, 8], 2)", shape=[2, 8, 12]),
+                 R.patchify(xt.contiguous(), 2), "patchify of a non-contiguous input", atol=0, rtol=0,
+                 hint="the memory layout must not change the tokens")
+
+
+def _parameter_count(block: nn.Module) -> int:
+    return sum(p.numel() for p in block.parameters())
+
+
+@check("DiTBlock")
+def test_DiTBlock_honours_mlp_ratio_and_one_token(impl) -> None:
+    """mlp_ratio sets the MLP's hidden width (r·D): going from 4 to 2 removes as many parameters as in the
+    reference; one sample of one token [1, 1, 32] keeps its shape (and a fresh block returns it)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        counts = [on_student_side(_parameter_count, impl.DiTBlock(32, 4, mlp_ratio=r)) for r in (4.0, 2.0)]
+        block = impl.DiTBlock(32, 4)
+    want = _parameter_count(R.DiTBlock(32, 4, mlp_ratio=4.0)) - _parameter_count(R.DiTBlock(32, 4, mlp_ratio=2.0))
+    if counts[0] - counts[1] != want:
+        raise Failure(f"DiTBlock(32, 4, mlp_ratio=4.0) and mlp_ratio=2.0 differ by {counts[0] - counts[1]} "
+                      f"parameters; a hidden width of r·D makes them differ by {want}.",
+                      "the MLP is Linear(dim, int(dim * mlp_ratio)) → GELU(approximate='tanh') → "
+                      "Linear(int(dim * mlp_ratio), dim): use the mlp_ratio given")
+    x, c = torch.randn(1, 1, 32, generator=gen(57)), torch.randn(1, 32, generator=gen(58))
+    with torch.no_grad():
+        out = block(x, c)
+    expect_close(expect_tensor(out, "DiTBlock(32, 4)(x [1, 1, 32], c [1, 32])", shape=[1, 1, 32]), x,
+                 "a fresh DiTBlock on one token", atol=1e-6, rtol=0,
+                 hint="index the gates as gate[:, None] (one per sample, broadcast over the tokens)")
+
+
 # ------------------------------------------------------------------------------------------------ lesson 12
 
 
