@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import types
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -170,13 +171,21 @@ def on_student_side(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)`` where the student's objects live: here, or in the student's sandboxed process when
     the judge grades (:mod:`tests.judge`; ``fn`` then travels by value and must return plain data). For the few
     steps a check cannot take through a proxy: hooks, backward passes, autocast, in-place edits of parameters."""
-    if any(type(a).__module__.startswith("tests.judge") for a in (*args, *kwargs.values())):
+    inner = [_unwrapped(a) for a in args]
+    inner_kw = {k: _unwrapped(v) for k, v in kwargs.items()}
+    if any(type(a).__module__.startswith("tests.judge") for a in (*inner, *inner_kw.values())):
         from tests.judge.remote import owner
 
-        proc = owner(*args, *kwargs.values())
+        proc = owner(*inner, *inner_kw.values())
         if proc is not None:
-            return proc.apply(fn, *args, **kwargs)
+            return proc.apply(fn, *inner, **inner_kw)
     return fn(*args, **kwargs)
+
+
+def _unwrapped(value: Any) -> Any:
+    """What a check's function wrapper (``functools.wraps``, as :func:`tests.harness._inputs_kept` wraps an exercise)
+    calls: the student's function itself, which a backward pass must reach where it lives."""
+    return value.__wrapped__ if isinstance(value, types.FunctionType) and hasattr(value, "__wrapped__") else value
 
 
 def nudge_parameters(model: nn.Module, scale: float = 0.02, seed: int = 0) -> None:
