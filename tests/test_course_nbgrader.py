@@ -4,8 +4,8 @@ The course is a copy of ``solutions/`` and ``nbgrader_config.py``; the checks co
 (``DDPM_COURSE_ROOT``). nbgrader's own ``generate_assignment`` builds the release and records the grade cells
 in the gradebook; then one ``nbgrader autograde <lesson> --force`` per lesson grades every submission of that
 lesson at once, and one ``nbgrader generate_feedback`` writes every feedback page. The lessons are shared out
-among ``DDPM_NBGRADER_SHARDS`` course folders (default 2, one per core; each its own gradebook) graded at the
-same time. Submissions (one student each):
+among ``DDPM_NBGRADER_SHARDS`` course folders (default: one per core this pytest-xdist worker has to itself; each its
+own gradebook) graded at the same time. Submissions (one student each):
 
 * ``solution``: the solution notebooks, which must score full marks;
 * ``release``: the unmodified student notebooks, which must score 0 on every autograded cell;
@@ -202,8 +202,10 @@ def nbgrader(course: Path, *args: str, timeout: float) -> subprocess.CompletedPr
     return proc
 
 
-#: course folders graded at the same time (nbgrader runs one notebook at a time; each folder has its own gradebook)
-SHARDS = max(1, int(os.environ.get("DDPM_NBGRADER_SHARDS", "2")))
+#: course folders graded at the same time (nbgrader runs one notebook at a time; each folder has its own gradebook):
+#: one per core left to this pytest-xdist worker, so that the judge's time budgets in the other workers' tests hold
+SHARDS = max(1, int(os.environ.get("DDPM_NBGRADER_SHARDS") or
+                    (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)))
 
 
 def shard(cost: dict[str, float], shards: int) -> list[list[str]]:
