@@ -22,6 +22,7 @@ Conventions, stated once for the whole module:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -141,11 +142,13 @@ class DiT(nn.Module):
     """A noise predictor ε_θ(x_t, t) for x [B, in_channels, input_size, input_size]: :func:`patchify` → linear patch
     embedding + 2-D sin-cos positions → ``depth`` :class:`DiTBlock` conditioned on the timestep's embedding →
     :class:`FinalLayer` → :func:`unpatchify`. ``learned_pos=True`` makes the positions a parameter (started at the
-    sin-cos values). Linear layers start Xavier-uniform (biases 0), the timestep MLP N(0, 0.02²), the adaLN-Zero
-    layers and the final layer 0 (Peebles & Xie 2023, §3.2)."""
+    sin-cos values); ``block(dim, num_heads, mlp_ratio)`` makes each block (any module with ``forward(x, c)``).
+    Linear layers start Xavier-uniform (biases 0), except those a block zero-initialised (adaLN-Zero), which stay 0;
+    the timestep MLP starts N(0, 0.02²) and the final layer 0 (Peebles & Xie 2023, §3.2)."""
 
     def __init__(self, in_channels: int = 4, input_size: int = 4, patch_size: int = 1, dim: int = 128,
-                 depth: int = 4, num_heads: int = 4, mlp_ratio: float = 4.0, learned_pos: bool = False) -> None:
+                 depth: int = 4, num_heads: int = 4, mlp_ratio: float = 4.0, learned_pos: bool = False,
+                 block: Callable[[int, int, float], nn.Module] = DiTBlock) -> None:
         super().__init__()
         if input_size % patch_size:
             raise ValueError(f"patch_size {patch_size} must divide input_size {input_size}")
@@ -159,15 +162,16 @@ class DiT(nn.Module):
             self.register_buffer("pos_embed", pos, persistent=False)
         self.time_embed = nn.Sequential(SinusoidalTimeEmbedding(dim), nn.Linear(dim, dim), nn.SiLU(),
                                         nn.Linear(dim, dim))
-        self.blocks = nn.ModuleList(DiTBlock(dim, num_heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(block(dim, num_heads, mlp_ratio) for _ in range(depth))
         self.final = FinalLayer(dim, patch_size, in_channels)
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for block in self.blocks:
-            for layer in (block.attn.qkv, block.attn.proj, block.mlp[0], block.mlp[2]):
+        for layer in self.blocks.modules():
+            if isinstance(layer, nn.Linear) and bool(layer.weight.detach().any()):
                 nn.init.xavier_uniform_(layer.weight)
-                nn.init.zeros_(layer.bias)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
         bound = math.sqrt(6.0 / (self.x_embed.in_features + self.x_embed.out_features))
         nn.init.uniform_(self.x_embed.weight, -bound, bound)
         nn.init.zeros_(self.x_embed.bias)

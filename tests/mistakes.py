@@ -1335,6 +1335,15 @@ CHEATS += [
            _node = next(n for n in _tree.body if getattr(n, "name", None) == "guided_eps")
            exec(compile(ast.Module([_node], []), "<my guided_eps>", "exec"), globals())
            """), _STUB, None),
+    _cheat("cheat_block_of_a_reference_dit", "DiTBlock", "takes its blocks from a reference DiT built inside",
+           """
+           import ddpm_ref
+
+
+           class DiTBlock(nn.Module):
+               def __new__(cls, dim, num_heads, mlp_ratio=4.0):
+                   return ddpm_ref.DiT(dim=dim, depth=1, num_heads=num_heads, mlp_ratio=mlp_ratio).blocks[0]
+           """, _CALLS_REF),
 ]
 
 # ------------------------------------------------------------------------------------------------ lesson 8: guidance
@@ -2618,14 +2627,14 @@ DIT_BLOCK = _src('''
     class DiTBlock(nn.Module):
         def __init__(self, dim, num_heads, mlp_ratio=4.0):
             super().__init__()
+            self.ada_ln = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+            nn.init.zeros_(self.ada_ln[1].weight)
+            nn.init.zeros_(self.ada_ln[1].bias)
             hidden = int(dim * mlp_ratio)
             self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
             self.attn = Attention(dim, num_heads)
             self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
             self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
-            self.ada_ln = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
-            nn.init.zeros_(self.ada_ln[1].weight)
-            nn.init.zeros_(self.ada_ln[1].bias)
 
         def forward(self, x, c):
             shift1, scale1, gate1, shift2, scale2, gate2 = self.ada_ln(c).chunk(6, dim=1)
@@ -2698,10 +2707,9 @@ _L11: list[tuple[str, str, str, str, str]] = [
      _edit(DIT_BLOCK, "        nn.init.zeros_(self.ada_ln[1].weight)\n        nn.init.zeros_(self.ada_ln[1].bias)\n",
            ""), "zero-initialise"),
     ("dit_everything_zero", "DiTBlock", "zero-initialises every linear layer: no gradient reaches any parameter",
-     _edit(DIT_BLOCK, "        nn.init.zeros_(self.ada_ln[1].weight)\n",
-           "        for m in self.modules():\n            if isinstance(m, nn.Linear):\n"
-           "                nn.init.zeros_(m.weight)\n                nn.init.zeros_(m.bias)\n"
-           "        nn.init.zeros_(self.ada_ln[1].weight)\n"),
+     _edit(DIT_BLOCK, "nn.Linear(hidden, dim))\n",
+           "nn.Linear(hidden, dim))\n        for m in self.modules():\n            if isinstance(m, nn.Linear):\n"
+           "                nn.init.zeros_(m.weight)\n                nn.init.zeros_(m.bias)\n"),
      "keep the attention and MLP weights random"),
     ("dit_no_gates", "DiTBlock", "adds the sub-blocks' outputs without their gates",
      _edit(_edit(DIT_BLOCK, "x + gate1[:, None] * self.attn(h)", "x + self.attn(h)"),
@@ -2809,14 +2817,14 @@ _L11_BREAKS: dict[str, tuple[str, ...]] = {
         "DiTBlock_fresh_is_the_identity", "DiTBlock_honours_mlp_ratio_and_one_token",
     ),
     "dit_everything_zero": (
-        "DiTBlock_fresh_can_learn",
+        "DiTBlock_fresh_can_learn", "DiTBlock_trains_a_latent_diffusion_model",
     ),
     "dit_no_gates": (
         "DiTBlock_fresh_is_the_identity", "DiTBlock_honours_mlp_ratio_and_one_token",
         "DiTBlock_with_reference_weights",
     ),
     "dit_modulate_without_one": (
-        "DiTBlock_with_reference_weights",
+        "DiTBlock_trains_a_latent_diffusion_model", "DiTBlock_with_reference_weights",
     ),
     "dit_chunk_order": (
         "DiTBlock_with_reference_weights",

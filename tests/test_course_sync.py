@@ -7,6 +7,7 @@ folder, then static checks of the cells' metadata, sources and names against ``t
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
 import re
 from pathlib import Path
@@ -264,22 +265,32 @@ def test_guides_exist() -> None:
         assert phrase in instructors, f"solutions/README.md should mention {phrase!r}"
 
 
-def test_the_outcome_figures_quoted_are_the_measured_ones() -> None:
-    """Lessons 4 and 5 and the instructors' guide quote the outcome checks' scores from ``OUTCOME_MEASURED`` (which
+#: the outcome checks (module, check) and the lessons whose text quotes their figures
+OUTCOMES = {("tests.test_loss", "test_train_step_trains_a_model"): ("04_training", "05_sampling"),
+            ("tests.test_dit", "test_DiTBlock_trains_a_latent_diffusion_model"): ("11_latent_dit",)}
+
+
+@pytest.mark.parametrize(("module", "check"), list(OUTCOMES), ids=lambda v: v.split(".")[-1])
+def test_the_outcome_figures_quoted_are_the_measured_ones(module: str, check: str) -> None:
+    """The lessons and the instructors' guide quote each outcome check's scores from its ``OUTCOME_MEASURED`` (which
     data_scripts/outcome_calibration.py measures), so a recalibration cannot leave a stale figure behind."""
     from tests.harness import check_name
-    from tests.test_loss import OUTCOME_CHECK, OUTCOME_PASS, quoted_range, test_train_step_trains_a_model
+    from tests.test_loss import quoted_range
 
-    assert check_name(test_train_step_trains_a_model) == OUTCOME_CHECK
-    texts = {f"lesson {lesson[1]}'s text": "\n".join(c.source for c in read(lesson).cells if c.cell_type == "markdown")
-             for lesson in ("04_training", "05_sampling")}
+    mod = importlib.import_module(module)
+    assert check_name(getattr(mod, check)) == mod.OUTCOME_CHECK
+    measured = mod.OUTCOME_MEASURED
+    texts = {f"lesson {int(lesson[:2])}'s text": "\n".join(c.source for c in read(lesson).cells
+                                                          if c.cell_type == "markdown")
+             for lesson in OUTCOMES[module, check]}
     texts["solutions/README.md"] = (SOLUTIONS / "README.md").read_text(encoding="utf-8")
     for where, text in texts.items():
-        phrases = [quoted_range("correct"), quoted_range("untrained"), f"pass mark is {OUTCOME_PASS:.0f}"]
+        phrases = [quoted_range("correct", measured), quoted_range("untrained", measured),
+                   f"pass mark is {mod.OUTCOME_PASS:.0f}"]
         if where == "solutions/README.md":
-            phrases.append(f"typical mistakes {quoted_range('mistakes')}")
+            phrases.append(f"typical mistakes {quoted_range('mistakes', measured)}")
         for phrase in phrases:
-            assert phrase in text, f"{where} should quote {phrase!r} (tests/test_loss.py OUTCOME_MEASURED)"
+            assert phrase in text, f"{where} should quote {phrase!r} ({module} OUTCOME_MEASURED)"
 
 
 # ------------------------------------------------------------------------------------------------ as JupyterLab saves

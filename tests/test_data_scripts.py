@@ -20,6 +20,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "data_scripts"
 def _load(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"data_scripts_{name}", SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would (dataclasses look their module up there)
     spec.loader.exec_module(module)
     return module
 
@@ -98,17 +99,44 @@ def test_scripts_have_help(script: str):
     assert proc.returncode == 0 and "usage:" in proc.stdout and "--out" in proc.stdout
 
 
-def test_outcome_calibration_reproduces_the_untrained_range(capsys: pytest.CaptureFixture[str]):
-    """The calibration script runs the outcome check's own recipe; an untrained model lands in the recorded range."""
-    from tests.test_loss import OUTCOME_MEASURED
-
+@pytest.mark.parametrize(("exercise", "module"), [("train_step", "tests.test_loss"), ("DiTBlock", "tests.test_dit")])
+def test_outcome_calibration_reproduces_the_untrained_range(exercise: str, module: str,
+                                                           capsys: pytest.CaptureFixture[str]):
+    """The calibration script runs the outcome check's own recipe; an answer that learns nothing lands in the
+    recorded range."""
+    measured = importlib.import_module(module).OUTCOME_MEASURED
     mod = _load("outcome_calibration")
-    ranges = mod.main(["--seeds", "0", "--kinds", "untrained"])
-    lo, hi = OUTCOME_MEASURED["untrained"]
+    ranges = mod.main([exercise, "--seeds", "0", "--kinds", "untrained"])
+    lo, hi = measured["untrained"]
     assert set(ranges) == {"untrained"} and lo <= ranges["untrained"][0] <= ranges["untrained"][1] <= hi
     assert "OUTCOME_MEASURED = {" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         mod.main(["--kinds", "no_such_kind"])
+
+
+def test_the_shipped_outcome_vae_is_what_its_script_makes(tmp_path: Path):
+    """tests/assets/outcome_vae.pt (lesson 11's outcome check loads it) is the script's recipe: trained again here,
+    it reconstructs the faces as well (within 5, thread counts change the last digits) and the scale factor it
+    stores is 1/std of its latents."""
+    import torch
+
+    from ddpm_ref.vae import encode_latents, latent_scale_factor
+    from tests.test_dit import OUTCOME_VAE, outcome_first_stage
+    from tests.test_loss import outcome_samples_score
+
+    mod = _load("make_outcome_vae")
+    assert mod.OUT == OUTCOME_VAE
+    shipped, latents, scale = outcome_first_stage()
+    faces = lfw_faces("train", 16)
+    assert abs(scale - latent_scale_factor(encode_latents(shipped, faces))) < 1e-6
+    assert abs(float(latents.std()) - 1) < 1e-5
+    assert mod.main(["--out", str(tmp_path / "vae.pt")]) == 0
+    again = torch.load(tmp_path / "vae.pt", weights_only=True)
+    assert again["state_dict"].keys() == shipped.state_dict().keys()
+    fresh = mod.make_vae()
+    with torch.no_grad():
+        ours, theirs = (outcome_samples_score(v.decode(encode_latents(v, faces))) for v in (shipped, fresh))
+    assert ours <= 50 and abs(ours - theirs) <= 5, (ours, theirs)
 
 
 @pytest.mark.slow

@@ -13,20 +13,18 @@ compared in tests/test_crosscheck_latent.py.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 import ddpm_ref as R
 from ddpm_ref import dit as D
-from tests._asserts import (
-    expect_close,
-    expect_tensor,
-    fmt,
-    load_reference_weights,
-    nudge_parameters,
-    on_student_side,
-)
+from ddpm_ref.vae import encode_latents
+from tests._asserts import expect_close, expect_tensor, fmt, load_reference_weights, nudge_parameters, on_student_side
 from tests._fixtures import gen
 from tests.harness import Failure, check
 
@@ -255,6 +253,104 @@ def test_DiTBlock_every_parameter_gets_a_gradient(impl) -> None:
     if missing:
         raise Failure(f"DiTBlock(32, 4): {len(missing)} parameter(s) get no gradient: {', '.join(missing[:6])}.",
                       "a layer created in __init__ is never used in forward")
+
+
+# ------------------------------------------------------------------------------------------------ the outcome
+
+#: The outcome check's recipe, lesson 11's latent diffusion cut to the grading budget (a few seconds of CPU): a DiT
+#: of width 64 with two of the student's blocks, trained as an ε-predictor on the 4×4×4 latents of a small VAE.
+OUTCOME_STEPS, OUTCOME_LR, OUTCOME_BATCH, OUTCOME_SAMPLES = 200, 2e-3, 64, 128
+OUTCOME_PASS = 65.0  # MS-SWD ×10³ at 16 px of the decoded samples against the training faces
+OUTCOME_CHECK = "DiTBlock_trains_a_latent_diffusion_model"
+#: The recipe's scores, measured by ``python data_scripts/outcome_calibration.py DiTBlock`` (seeds 0–3, 2 CPU
+#: cores): the range of MS-SWD ×10³ per kind of block ("correct": the reference and every correct variant of
+#: tests/mistakes.py; "untrained": blocks that return x unchanged, so only the embeddings and the final layer learn;
+#: the others: each typical mistake the check must catch). The check's message quotes it, and
+#: tests/test_course_sync.py keeps lesson 11's text and solutions/README.md equal to it.
+#: The mistakes it leaves to the block's other checks score as correct blocks do (no gates, shift and scale swapped,
+#: post-norm: 50–59); the pass mark sits between them and the mistakes it catches.
+OUTCOME_MEASURED: dict[str, tuple[int, int]] = {
+    "correct": (50, 57),
+    "untrained": (73, 76),
+    "dit_everything_zero": (73, 74),  # no gradient reaches the blocks: they stay the identity
+    "dit_modulate_without_one": (72, 75),  # LN(x)·scale with scale = 0 at first: the blocks see nothing
+}
+
+
+#: the outcome's first stage, trained by ``python data_scripts/make_outcome_vae.py`` (its recipe) and shipped
+OUTCOME_VAE = Path(__file__).resolve().parent / "assets" / "outcome_vae.pt"
+
+
+@functools.cache
+def outcome_first_stage() -> tuple[R.ConvVAE, Tensor, float]:
+    """The outcome's VAE, the reference's (never the student's): a ConvVAE 16/32 trained on the 90 training faces at
+    16×16 (``OUTCOME_VAE``); (the VAE in eval mode, the faces' scaled latents [90, 4, 4, 4], the scale)."""
+    saved = torch.load(OUTCOME_VAE, weights_only=True)
+    vae = R.ConvVAE(1, latent_channels=4, channels=(16, 32))
+    vae.load_state_dict(saved["state_dict"])
+    vae.eval()
+    return vae, encode_latents(vae, R.lfw_faces("train", size=16)) * saved["scale"], float(saved["scale"])
+
+
+def outcome_schedule() -> R.NoiseSchedule:
+    """The outcome's diffusion in latent space: the scaled linear schedule (Stable Diffusion's), T = 100."""
+    return R.NoiseSchedule.from_name("scaled_linear", 100)
+
+
+def train_latent_dit(block: Callable[[int, int, float], nn.Module], latents: Tensor, seed: int) -> nn.Module:
+    """Run where ``block`` lives (:func:`on_student_side`: training takes backward passes through it): a DiT (width
+    64, two ``block``s, 4 heads, patch 1) trained by ``OUTCOME_STEPS`` steps of the course's ``train_step`` (AdamW at
+    ``OUTCOME_LR``, batches of ``OUTCOME_BATCH``, clipping to 1) on ``latents`` [N, 4, 4, 4]; returned in eval mode
+    without gradients. The global RNG is left as it was."""
+    schedule = outcome_schedule()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = R.DiT(in_channels=4, input_size=4, patch_size=1, dim=64, depth=2, num_heads=4, block=block)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=OUTCOME_LR, weight_decay=0.0)
+        g = torch.Generator().manual_seed(seed)
+        model.train()
+        for _ in range(OUTCOME_STEPS):
+            batch = latents[torch.randint(0, len(latents), (OUTCOME_BATCH,), generator=g)]
+            R.train_step(model, optimizer, batch, schedule, generator=g, grad_clip=1.0)
+    return model.eval().requires_grad_(False)
+
+
+def outcome_score(block: Callable[[int, int, float], nn.Module], seed: int = 0) -> float:
+    """:func:`train_latent_dit` with ``block``; then, here, ``OUTCOME_SAMPLES`` latents drawn from it by the reference
+    sampler (Algorithm 2 without x̂0 clipping, fixed noise), decoded by the outcome's VAE and scored like lesson 4's
+    outcome (:func:`tests.test_loss.outcome_samples_score`: MS-SWD ×10³ at 16 px against the training faces). When the
+    judge grades, the model stays in the student's process and answers each ε̂ = model(x_t, t) of the chain."""
+    from tests.test_loss import outcome_samples_score
+
+    vae, latents, scale = outcome_first_stage()
+    model = on_student_side(train_latent_dit, block, latents, seed)
+    with torch.random.fork_rng(), torch.no_grad():
+        z = R.sample(model, outcome_schedule(), (OUTCOME_SAMPLES, *latents.shape[1:]),
+                     generator=torch.Generator().manual_seed(1), progress=False, clip_x0=False)
+        x = vae.decode(torch.nan_to_num(z.float(), nan=0.0, posinf=0.0, neginf=0.0) / scale)
+    return outcome_samples_score(x)
+
+
+@check("DiTBlock")
+def test_DiTBlock_trains_a_latent_diffusion_model(impl) -> None:
+    """The outcome: latent diffusion with your block. :func:`outcome_score`: a small DiT made of two of your
+    DiTBlocks learns the latents of a VAE of the LFW faces (200 AdamW steps), and its samples, decoded, are scored
+    by MS-SWD ×10³ at 16 px against the training faces (lower is closer); pass mark ``OUTCOME_PASS``.
+    ``OUTCOME_MEASURED`` holds what correct blocks, blocks that do nothing and each typical mistake score over
+    seeds 0–3 (a few seconds each)."""
+    from tests.test_loss import quoted_range
+
+    score = outcome_score(impl.DiTBlock)
+    if score <= OUTCOME_PASS:
+        return
+    raise Failure(
+        f"a DiT of two of your DiTBlocks, trained by {OUTCOME_STEPS} steps on the latents of a VAE of the faces, "
+        f"should sample latents that decode to faces with MS-SWD ≤ {OUTCOME_PASS:.0f} at 16 px (correct blocks "
+        f"reach {quoted_range('correct', OUTCOME_MEASURED)}, blocks that return x unchanged "
+        f"{quoted_range('untrained', OUTCOME_MEASURED)}); yours score {score:.1f}.",
+        "the attention is what lets the tokens (the latent's positions) shape one another: keep x + gate·Attn(…) "
+        "and x + gate·MLP(…) with their own modulation, and let training move the zero-initialised gates",
+    )
 
 
 # ------------------------------------------------------------------------------------------------ the module's own

@@ -247,13 +247,14 @@ OUTCOME_MEASURED: dict[str, tuple[int, int]] = {
 }
 
 
-def quoted_range(kind: str) -> str:
-    """``OUTCOME_MEASURED[kind]`` as the texts quote it, "50–64"; kind "mistakes": the range over every mistake."""
+def quoted_range(kind: str, measured: dict[str, tuple[int, int]] = OUTCOME_MEASURED) -> str:
+    """``measured[kind]`` (an outcome check's calibration, by default this one's) as the texts quote it, "50–64";
+    kind "mistakes": the range over every mistake."""
     if kind == "mistakes":
-        ranges = [r for k, r in OUTCOME_MEASURED.items() if k not in ("correct", "untrained")]
+        ranges = [r for k, r in measured.items() if k not in ("correct", "untrained")]
         lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
     else:
-        lo, hi = OUTCOME_MEASURED[kind]
+        lo, hi = measured[kind]
     return f"{lo}–{hi}" if lo != hi else f"{lo}"
 
 

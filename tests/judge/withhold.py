@@ -45,11 +45,11 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "dsm_loss": ("dsm_target",),
     "reverse_sde_sample": ("reverse_sde_step", "jump_betas", "_run_chain", "_start_noise", "_score_at"),
     "probability_flow_sample": ("probability_flow_step", "jump_betas", "_run_chain", "_start_noise", "_score_at"),
-    # latent diffusion (ddpm_ref.vae, ddpm_ref.dit): encode_latents draws z ~ q(z | x) by the trick, vae_loss with
-    # recon = x is the KL alone, and a DiT holds DiTBlocks
+    # latent diffusion (ddpm_ref.vae, ddpm_ref.dit): encode_latents draws z ~ q(z | x) by the trick, and vae_loss
+    # with recon = x is the KL alone. A DiT stays: it builds its blocks with the `block` it is given, and its default,
+    # DiTBlock, is the stub (the outcome check trains a DiT of the student's blocks in the student's process)
     "reparameterize": ("encode_latents",),
     "kl_divergence": ("vae_loss",),
-    "DiTBlock": ("DiT",),
 }
 
 _STUB_MODULE = '''"""Stubs of the reference pieces withheld while `{exercise}` is graded (tests/judge/withhold.py)."""
