@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 import ddpm_ref as R
-from tests._asserts import expect_close, expect_float, expect_tensor
+from tests._asserts import expect_close, expect_float, expect_tensor, on_student_side
 from tests._fixtures import T, seed_schedule
 from tests.harness import Failure, check
 
@@ -316,10 +316,21 @@ def outcome_samples_score(x: object) -> float:
     return ms_swd(x, R.lfw_faces("train", size=16), seed=0).levels[0][1]
 
 
+def trained_outcome_weights(train_step, seed: int) -> tuple[dict[str, Tensor], list[float]]:
+    """Run where ``train_step`` lives (:func:`on_student_side`: one request for the whole training instead of one per
+    step): :func:`outcome_model`'s weights and losses, as plain data."""
+    model, _, losses = outcome_model(train_step, seed)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, losses
+
+
 def outcome_score(train_step, seed: int = 0, sample=None) -> tuple[float, list[float]]:
-    """Train with ``train_step`` (:func:`outcome_model`), draw ``OUTCOME_SAMPLES`` samples from fixed noise with
-    ``sample`` (default: the reference sampler, Algorithm 2) and score them: (MS-SWD ×10³ at 16 px, losses)."""
-    model, schedule, losses = outcome_model(train_step, seed)
+    """Train with ``train_step`` (:func:`outcome_model`, where the student's code lives), then here draw
+    ``OUTCOME_SAMPLES`` samples from fixed noise with ``sample`` (default: the reference sampler, Algorithm 2) from
+    the same U-Net with the trained weights and score them: (MS-SWD ×10³ at 16 px, losses)."""
+    weights, losses = on_student_side(trained_outcome_weights, train_step, seed)
+    model, schedule = outcome_unet(), outcome_schedule()
+    model.load_state_dict(weights)
+    model.eval()
     with torch.random.fork_rng():
         x = (sample or R.sample)(model, schedule, (OUTCOME_SAMPLES, 1, 16, 16),
                                  generator=torch.Generator().manual_seed(1), progress=False)
