@@ -34,3 +34,18 @@ def live_script(page: str, marker: str) -> list[str]:
     ``on…=`` attribute of a real tag (escaped text, ``&lt;script&gt;``, is harmless and not listed)."""
     pattern = rf"<script[^>]*>[^<]*{marker}|<[a-zA-Z]+[^>]*\son\w+\s*=[^>]*{marker}"
     return re.findall(pattern, page)
+
+
+def exercise_lessons() -> dict[str, str]:
+    """{exercise: lesson} from the solution notebooks' answer cells (``solution`` cells that are not graded)."""
+    import nbformat
+
+    out: dict[str, str] = {}
+    for path in sorted(SOLUTIONS.glob("*/*.ipynb")):
+        if path.stem != path.parent.name:
+            continue
+        for cell in nbformat.read(path, as_version=4).cells:
+            meta = cell.get("metadata", {}).get("nbgrader", {}) or {}
+            if meta.get("solution") and not meta.get("grade"):
+                out[meta["grade_id"]] = path.stem
+    return out

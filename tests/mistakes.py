@@ -34,7 +34,8 @@ from __future__ import annotations
 import textwrap
 from dataclasses import dataclass
 
-__all__ = ["ALTERNATIVES", "CHEATS", "MISTAKES", "Alternative", "Mistake", "by_name", "hidden_checks"]
+__all__ = ["ALTERNATIVES", "CHEATS", "MISTAKES", "Alternative", "Mistake", "by_name", "hidden_checks",
+           "riding_variants"]
 
 
 @dataclass(frozen=True)
@@ -2574,6 +2575,29 @@ ALTERNATIVES += [
             return sigma_prev / sigma * x_t + alpha_prev * (1 - math.exp(-h)) * D, x0
     ''')),
 ]
+
+def riding_variants(lesson_of: dict[str, str]) -> dict[str, int]:
+    """The correct variants that ride in the nbgrader proof's mistake submissions (tests/test_course_nbgrader.py):
+    {variant name: K}, the K-th round of mistakes of its lesson (1-based) being one where its exercise has no mistake
+    left. ``lesson_of`` maps each exercise to its lesson; a variant whose exercise has no free round is left out (the
+    judge's own test grades it)."""
+    per_exercise: dict[str, int] = {}
+    for m in [*MISTAKES, *CHEATS]:
+        per_exercise[m.exercise] = per_exercise.get(m.exercise, 0) + 1
+    rounds: dict[str, int] = {}
+    for exercise, n in per_exercise.items():
+        if exercise in lesson_of:
+            rounds[lesson_of[exercise]] = max(rounds.get(lesson_of[exercise], 0), n)
+    placed: dict[str, int] = {}
+    used: dict[str, int] = {}
+    for alt in ALTERNATIVES:
+        lesson = lesson_of.get(alt.exercise)
+        k = per_exercise.get(alt.exercise, 0) + used.get(alt.exercise, 0) + 1
+        if lesson is not None and k <= rounds.get(lesson, 0):
+            placed[alt.name] = k
+            used[alt.exercise] = used.get(alt.exercise, 0) + 1
+    return placed
+
 
 def by_name(name: str) -> Mistake:
     """The mistake called ``name``."""

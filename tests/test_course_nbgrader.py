@@ -15,7 +15,9 @@ own gradebook) graded at the same time. Submissions (one student each):
   replaced). Checks are isolated per exercise, so mistakes in different exercises of one notebook cannot
   interact; every check cell of an exercise with a mistake must score 0 exactly when the mistake breaks one of
   its checks, every other cell keeps its points, and the failing check's output and the feedback page name the
-  mistake;
+  mistake. The correct variants of an exercise (``tests/mistakes.py``) ride in the rounds where it has no mistake left
+  (:func:`~tests.mistakes.riding_variants`): their cells must keep full marks, graded by real nbgrader at no extra
+  notebook run (the judge's own test grades the variants that find no free round);
 * ``…_raises``: in lesson 2, the ``predict_x0`` cell raises before defining it; ``…_loops``: in lesson 1, the
   ``linear_beta_schedule`` cell never ends (stopped by the cell timeout). Each rides along with a mistake submission
   that leaves that exercise alone; both are scored (0 for that exercise, the rest kept) without stopping the batch.
@@ -42,7 +44,7 @@ import nbformat
 import pytest
 
 from tests._course import ROOT, SOLUTIONS, live_script, load_release, load_site
-from tests.mistakes import CHEATS, MISTAKES, Mistake, hidden_checks
+from tests.mistakes import ALTERNATIVES, CHEATS, MISTAKES, Alternative, Mistake, hidden_checks, riding_variants
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +94,8 @@ def lesson_of_exercise() -> dict[str, str]:
 
 #: the mistakes and cheats of the graded lessons
 GRADED = [m for m in [*MISTAKES, *CHEATS] if m.exercise in lesson_of_exercise()]
+#: the correct variants that ride in those lessons' mistake submissions: {name: round}
+RIDING = riding_variants(lesson_of_exercise())
 
 
 def lost_cells(mistake: Mistake, cells: set[str]) -> set[str]:
@@ -114,6 +118,7 @@ class Submission:
     nb: nbformat.NotebookNode
     lost: set[str] = field(default_factory=set)  # grade_ids that must score 0 (the rest: full marks)
     mistakes: list[Mistake] = field(default_factory=list)
+    variants: list[Alternative] = field(default_factory=list)
 
 
 def build_submissions(releases: dict[str, Path]) -> list[Submission]:
@@ -143,6 +148,11 @@ def build_submissions(releases: dict[str, Path]) -> list[Submission]:
                     cell.source = cell.source.rstrip() + "\n\n\n" + m.source
                     sub.mistakes.append(m)
                     sub.lost |= lost_cells(m, cells)
+            for alt in ALTERNATIVES:
+                if RIDING.get(alt.name) == k + 1 and owner[alt.exercise] == lesson:
+                    cell = solution_cell(nb, alt.exercise)
+                    cell.source = cell.source.rstrip() + "\n\n\n" + alt.source
+                    sub.variants.append(alt)
             subs.append(sub)
     # a notebook that raises before defining an exercise, and one that never ends; each rides along with a
     # mistake submission that leaves that exercise alone (one notebook run fewer each)
@@ -159,7 +169,7 @@ def build_submissions(releases: dict[str, Path]) -> list[Submission]:
 def _host(subs: list[Submission], lesson: str, exercise: str, tag: str, source: str) -> None:
     """Replace ``exercise``'s cell by ``source`` in the last submission of ``lesson`` that has no mistake for it."""
     free = [s for s in subs if s.lesson == lesson and s.student.startswith("mistakes")
-            and all(m.exercise != exercise for m in s.mistakes)]
+            and all(m.exercise != exercise for m in [*s.mistakes, *s.variants])]
     if free:
         sub = free[-1]
     else:
@@ -365,6 +375,17 @@ def test_mistake_loses_exactly_its_checks(graded: Graded, name: str) -> None:
                                       f"expected {mistake.feedback!r} in\n{shown}"
     assert mistake.feedback in feedback_outputs(graded.feedback(sub)), (
         f"the feedback page of {sub.student}/{sub.lesson} does not show {mistake.feedback!r} (mistake {name})")
+
+
+@pytest.mark.parametrize("name", sorted(RIDING))
+def test_a_riding_variant_keeps_full_marks(graded: Graded, name: str) -> None:
+    """A correct variant, written differently from the solution, scores every point of its exercise's cells."""
+    (sub,) = [s for s in graded.submissions if any(a.name == name for a in s.variants)]
+    (alt,) = [a for a in sub.variants if a.name == name]
+    got = graded.scores[(sub.student, sub.lesson)]
+    wrong = [f"{c}: scored {got[c][0]:g} of {got[c][1]:g}" for c in sorted(got)
+             if c in (f"check_{alt.exercise}", f"check_{alt.exercise}_hidden") and got[c][0] != got[c][1]]
+    assert not wrong, f"variant {name} ({alt.description}) in {sub.student}/{sub.lesson}:\n" + "\n".join(wrong)
 
 
 def test_mistake_submissions_keep_the_rest(graded: Graded) -> None:

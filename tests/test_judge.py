@@ -21,9 +21,9 @@ import pytest
 import torch
 
 import ddpm_ref
-from tests._course import SOLUTIONS
+from tests._course import SOLUTIONS, exercise_lessons
 from tests.judge import check_cells, grade_exercise, protocol, sandbox, scratch, withhold
-from tests.mistakes import ALTERNATIVES
+from tests.mistakes import ALTERNATIVES, riding_variants
 
 needs_sandbox = pytest.mark.skipif(sandbox.bwrap() is None, reason="no working bubblewrap on this machine")
 
@@ -229,12 +229,18 @@ def _lesson_of(exercise: str) -> str:
     raise KeyError(exercise)
 
 
+#: the variants this module grades: those that do not ride in the nbgrader proof's mistake submissions
+#: (tests/test_course_nbgrader.py grades those through real nbgrader, the same judge)
+JUDGED_HERE = [a for a in ALTERNATIVES if a.name not in riding_variants(exercise_lessons())]
+
+
 @pytest.mark.slow
 @needs_sandbox
-@pytest.mark.parametrize("variant", ALTERNATIVES, ids=lambda a: a.name)
+@pytest.mark.parametrize("variant", JUDGED_HERE, ids=lambda a: a.name)
 def test_a_correct_variant_keeps_full_marks_through_the_judge(variant) -> None:
     """Every correct variant of tests/mistakes.py, written differently from ddpm_ref, passes every check of its
-    exercise when the judge grades it (its proxies, copies and withheld reference change no verdict)."""
+    exercise when the judge grades it (its proxies, copies and withheld reference change no verdict); the ones that
+    ride in the nbgrader proof are graded there."""
     lesson = _lesson_of(variant.exercise)
     verdicts = grade_exercise(_with(_lesson(lesson), variant.exercise, variant.source), SOLUTIONS / lesson,
                               variant.exercise)
