@@ -403,3 +403,29 @@ def test_learned_positions_start_at_sincos() -> None:
     torch.testing.assert_close(model.pos_embed.detach()[0], D.sincos_pos_embed_2d(16, 4, 4))
     fixed = R.DiT(in_channels=2, input_size=8, patch_size=2, dim=16, depth=1, num_heads=2)
     assert "pos_embed" not in dict(fixed.named_parameters())
+
+
+def test_a_dit_builds_its_blocks_with_the_block_it_is_given() -> None:
+    """``block`` makes every block; the DiT re-initialises their random linear layers (Xavier, biases 0) and leaves
+    the zero-initialised ones (adaLN-Zero) at 0, whatever the block calls them."""
+    made = []
+
+    class Block(nn.Module):
+        def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+            super().__init__()
+            made.append((dim, num_heads, mlp_ratio))
+            self.mix = nn.Linear(dim, dim)
+            self.gates = nn.Linear(dim, dim)
+            nn.init.zeros_(self.gates.weight)
+            nn.init.zeros_(self.gates.bias)
+
+        def forward(self, x: Tensor, c: Tensor) -> Tensor:
+            return x + self.gates(c)[:, None] * self.mix(x)
+
+    model = R.DiT(in_channels=2, input_size=4, patch_size=2, dim=16, depth=3, num_heads=2, mlp_ratio=2.0, block=Block)
+    assert made == [(16, 2, 2.0)] * 3 and all(isinstance(b, Block) for b in model.blocks)
+    for b in model.blocks:
+        assert not b.gates.weight.any() and not b.gates.bias.any() and not b.mix.bias.any()
+        assert float(b.mix.weight.abs().max()) <= (6 / 32) ** 0.5  # Xavier-uniform's bound for 16 → 16
+    x = torch.randn(2, 2, 4, 4, generator=gen(45))
+    assert torch.equal(model(x, torch.tensor([3, 7])), torch.zeros_like(x))
