@@ -348,8 +348,9 @@ def test_DiTBlock_trains_a_latent_diffusion_model(impl) -> None:
         f"should sample latents that decode to faces with MS-SWD ≤ {OUTCOME_PASS:.0f} at 16 px (correct blocks "
         f"reach {quoted_range('correct', OUTCOME_MEASURED)}, blocks that return x unchanged "
         f"{quoted_range('untrained', OUTCOME_MEASURED)}); yours score {score:.1f}.",
-        "the attention is what lets the tokens (the latent's positions) shape one another: keep x + gate·Attn(…) "
-        "and x + gate·MLP(…) with their own modulation, and let training move the zero-initialised gates",
+        "a score like blocks that do nothing means your blocks never start learning: modulate as "
+        "LN(x)·(1 + scale) + shift (without the 1, a scale that starts at 0 wipes out the features), and "
+        "zero-initialise only the adaLN layer, not the attention and MLP weights (their gradient moves the gates)",
     )
 
 
