@@ -379,16 +379,21 @@ def _images(b: int, seed: int, c: int = 1) -> Tensor:
 
 @check("ddpm_loss")
 def test_ddpm_loss_int_t_and_given_noise(impl) -> None:
-    """An int t (0 and T − 1) and the given noise are used as given, for a batch of one image."""
+    """An int t (0 and T − 1) and the given noise are used as given, for a batch of one image and one of 16.
+
+    A loss that redraws an int t at random lands on it by chance (1 in T per image); the batch of 16 makes that
+    mistake show every time."""
     s = short_schedule()
-    x0, noise = _images(1, 1), torch.randn(1, 1, 4, 4, generator=gen(2))
-    for t in (0, 9):
-        out = impl.ddpm_loss(TinyEps(), x0, s, t=t, noise=noise)
-        expect_tensor(out, f"ddpm_loss(model, x0 [1, 1, 4, 4], schedule, t={t}, noise=…)", shape=[])
-        expected = R.ddpm_loss(TinyEps(), x0, s, t=torch.tensor([t]), noise=noise)
-        expect_close(out.detach(), expected.detach(), f"ddpm_loss with t={t} (an int) and the given noise",
-                     atol=1e-6, rtol=1e-5, hint="the same loss as for a tensor t: an int t is one timestep for the "
-                     "batch (t = 0 included: draw t only when it is None), and the noise given is the ε of x_t")
+    for x0 in (_images(1, 1), _images(16, 4)):
+        noise, b = torch.randn(x0.shape, generator=gen(2)), x0.shape[0]
+        for t in (0, 9):
+            out = impl.ddpm_loss(TinyEps(), x0, s, t=t, noise=noise)
+            expect_tensor(out, f"ddpm_loss(model, x0 [{b}, 1, 4, 4], schedule, t={t}, noise=…)", shape=[])
+            expected = R.ddpm_loss(TinyEps(), x0, s, t=torch.full((b,), t), noise=noise)
+            expect_close(out.detach(), expected.detach(),
+                         f"ddpm_loss of {b} image(s) with t={t} (an int) and the given noise", atol=1e-6, rtol=1e-5,
+                         hint="the same loss as for a tensor t: an int t is one timestep for the batch (t = 0 "
+                         "included: draw t only when it is None), and the noise given is the ε of x_t")
 
 
 @check("ddpm_loss")
@@ -882,17 +887,26 @@ def test_score_from_eps_edge_timesteps(impl) -> None:
 
 @check("dsm_loss")
 def test_dsm_loss_int_t_zero_and_one_point(impl) -> None:
-    """t = 0 (an int, falsy but valid: the least noise) and t = T − 1 for one point with the given noise."""
+    """t = 0 (an int, falsy but valid: the least noise) and t = T − 1, for one point and for 16, with the given noise.
+
+    The model must be asked at that t and no other. A loss that redraws t = 0 at random lands on 0 by chance
+    (1 in T per point), so the 16 points make that mistake show every time."""
     ScoreProbe, short = _score_probe_module()
     s = short()
-    x0, noise = torch.tensor([[0.4, -0.7]]), torch.randn(1, 2, generator=gen(41))
-    for t in (0, s.T - 1):
-        out = impl.dsm_loss(ScoreProbe(), x0, s, t=t, noise=noise)
-        out = expect_tensor(out, f"dsm_loss(model, x0 [1, 2], schedule, t={t}, noise=…)", shape=[])
-        expect_close(out.detach(), R.dsm_loss(ScoreProbe(), x0, s, t=t, noise=noise).detach(),
-                     f"dsm_loss with t={t}", atol=1e-5, rtol=1e-5,
-                     hint="use the t given (0 included: draw t only when it is None), as an int broadcast over the "
-                     "batch")
+    for x0 in (torch.tensor([[0.4, -0.7]]), torch.randn(16, 2, generator=gen(43))):
+        noise, what = torch.randn(x0.shape, generator=gen(41)), f"x0 [{x0.shape[0]}, 2]"
+        for t in (0, s.T - 1):
+            probe = ScoreProbe()
+            out = impl.dsm_loss(probe, x0, s, t=t, noise=noise)
+            out = expect_tensor(out, f"dsm_loss(model, {what}, schedule, t={t}, noise=…)", shape=[])
+            asked = sorted({int(v) for _, ts in probe.calls for v in ts})
+            if asked != [t]:
+                raise AssertionError(f"dsm_loss(model, {what}, schedule, t={t}, noise=…) called the model at "
+                                     f"t = {asked}, expected t = {t} only: draw t only when it is None (0 included)")
+            expect_close(out.detach(), R.dsm_loss(ScoreProbe(), x0, s, t=t, noise=noise).detach(),
+                         f"dsm_loss of {what} with t={t}", atol=1e-5, rtol=1e-5,
+                         hint="use the t given (0 included: draw t only when it is None), as an int broadcast over "
+                         "the batch")
 
 
 @check("dsm_loss")
