@@ -19,6 +19,13 @@ import os
 # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads make
 # small torch ops 10-30x slower. Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Under pytest-xdist each worker (and every process it starts: kernels, graders) gets its share of the cores. torch
+# would start one thread per core in every worker, and each parallel region would then wait for a thread that the
+# other workers keep descheduled: two training checks took 35 s that way on 2 cores beside a busy one, 15 s with one
+# thread each.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 import contextlib  # noqa: E402
 from pathlib import Path  # noqa: E402

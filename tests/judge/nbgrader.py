@@ -36,6 +36,13 @@ from tests.judge.remote import LIB, WORK
 JUDGED_ENV = "DDPM_JUDGED"
 
 
+def kernel_threads() -> int:
+    """torch threads of a student's kernel: the grader's own ``OMP_NUM_THREADS`` where it has one (its share of the
+    cores), else the cores; at most 4 either way, well under the sandbox's cap on threads."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(4, int(given) if given.isdigit() else os.cpu_count() or 1))
+
+
 class SandboxedKernelManager(AsyncKernelManager):
     """A kernel started inside the sandbox, reached through Unix sockets in a private folder."""
 
@@ -57,7 +64,7 @@ class SandboxedKernelManager(AsyncKernelManager):
         shutil.copytree(cwd, scratch, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
         env = {k: v for k, v in (kw.get("env") or {}).items()
                if k in ("NBGRADER_EXECUTION", "DDPM_FAST", "JPY_SESSION_NAME") or k.startswith("PYDEVD")}
-        env.update({JUDGED_ENV: "1", "OMP_NUM_THREADS": str(min(4, os.cpu_count() or 1)), "PYTHONPATH": str(LIB)})
+        env.update({JUDGED_ENV: "1", "OMP_NUM_THREADS": str(kernel_threads()), "PYTHONPATH": str(LIB)})
         package = Path(ddpm_ref.__file__).resolve().parent
         kw["cwd"] = str(self._sandbox_dir)
         limits = sandbox.Limits(processes=self.processes, memory_bytes=self.memory_bytes)
