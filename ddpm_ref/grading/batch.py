@@ -139,8 +139,12 @@ def _client(jobs: int, scheduler: str | None) -> Iterator[Any]:
         with Client(scheduler) as client:
             yield client
         return
+    # each worker's kernels run torch on the worker's share of the cores (Dask's own default is one thread), unless
+    # the instructor chose a count with OMP_NUM_THREADS
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
     with LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, memory_limit=0,
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+                      env={"OMP_NUM_THREADS": threads}, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client
 
 
