@@ -7,7 +7,7 @@ noise added (the convention of ``diffusers``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -113,6 +113,28 @@ def _default_device(model: nn.Module, device: torch.device | str | None) -> torc
     return p.device if p is not None else torch.device("cpu")
 
 
+def _initial_noise(model: nn.Module, shape: Sequence[int], generator: torch.Generator | None,
+                   device: torch.device | str | None, x_T: Tensor | None) -> Tensor:
+    """Where every sampler starts: x_T ~ N(0, I) of ``shape`` from ``generator`` on the model's device (or
+    ``device``), or the ``x_T`` given, moved there (the caller's tensor is not changed)."""
+    device = _default_device(model, device)
+    if x_T is None:
+        return randn(tuple(shape), generator=generator, like=torch.empty(0, device=device))
+    return x_T.to(device)
+
+
+def _walk(ts: Sequence[int], x: Tensor, step: Callable[[Tensor, int, int], Tensor], *, desc: str, progress: bool,
+          return_intermediates: bool) -> Tensor | tuple[Tensor, dict[int, Tensor]]:
+    """x through ``step(x, t, t_prev)`` for each t of the decreasing grid ``ts`` (t_prev: the next t, −1 after the
+    last), under a progress bar; with ``return_intermediates`` also {t: x before the step at t} (CPU)."""
+    frames: dict[int, Tensor] = {}
+    for i, t in enumerate(progress_bar(ts, desc=desc, disable=not progress, leave=False)):
+        if return_intermediates:
+            frames[t] = x.detach().cpu()
+        x = step(x, t, ts[i + 1] if i + 1 < len(ts) else -1)
+    return (x, frames) if return_intermediates else x
+
+
 @torch.no_grad()
 def sample(
     model: nn.Module,
@@ -133,11 +155,8 @@ def sample(
     Returns the samples [B, C, H, W] (and {t: x_t} with ``return_intermediates``; see p_sample_loop).
     ``x_T`` replaces the starting noise (to reuse fixed noise for previews).
     """
-    device = _default_device(model, device)
-    if x_T is None:
-        x_T = randn(tuple(shape), generator=generator, like=torch.empty(0, device=device))
     return p_sample_loop(
-        model, x_T.to(device), schedule.T - 1, schedule,
+        model, _initial_noise(model, shape, generator, device, x_T), schedule.T - 1, schedule,
         generator=generator, clip_x0=clip_x0, variance=variance, progress=progress,
         return_intermediates=return_intermediates, intermediate_steps=intermediate_steps,
     )
@@ -217,18 +236,11 @@ def ddim_sample(
 
     With ``return_intermediates`` also returns {t: x_t} (CPU) for every visited t.
     """
-    device = _default_device(model, device)
-    if x_T is None:
-        x_T = randn(tuple(shape), generator=generator, like=torch.empty(0, device=device))
-    ts = ddim_timesteps(schedule.T, steps, spacing)
-    frames: dict[int, Tensor] = {}
-    x = x_T.to(device)
-    for i, t in enumerate(progress_bar(ts, desc="DDIM sampling", disable=not progress, leave=False)):
-        if return_intermediates:
-            frames[t] = x.detach().cpu()
-        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-        x = ddim_step(model, x, t, t_prev, schedule, eta=eta, clip_x0=clip_x0, generator=generator)
-    return (x, frames) if return_intermediates else x
+    def step(x: Tensor, t: int, t_prev: int) -> Tensor:
+        return ddim_step(model, x, t, t_prev, schedule, eta=eta, clip_x0=clip_x0, generator=generator)
+
+    return _walk(ddim_timesteps(schedule.T, steps, spacing), _initial_noise(model, shape, generator, device, x_T), step,
+                 desc="DDIM sampling", progress=progress, return_intermediates=return_intermediates)
 
 
 @torch.no_grad()

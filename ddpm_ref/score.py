@@ -36,8 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .diffusion import _draw_t_and_noise, q_sample, randn
-from .progress import progress_bar
-from .samplers import ddim_timesteps
+from .samplers import _initial_noise, _walk, ddim_timesteps
 from .schedule import NoiseSchedule
 
 __all__ = [
@@ -157,32 +156,22 @@ def probability_flow_step(model: nn.Module, x: Tensor, t: int, beta: float) -> T
     return x + 0.5 * beta * (x + _score_at(model, x, t))
 
 
-def _start_noise(model: nn.Module, shape: Sequence[int], generator: torch.Generator | None,
-           device: torch.device | str | None, x_T: Tensor | None) -> Tensor:
-    if device is None:
-        p = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
-        device = p.device if p is not None else torch.device("cpu")
-    if x_T is None:
-        return randn(tuple(shape), generator=generator, like=torch.empty(0, device=device))
-    return x_T.to(device)
-
-
 def _run_chain(kind: str, model: nn.Module, schedule: NoiseSchedule, x: Tensor, steps: int | None,
-         generator: torch.Generator | None, progress: bool,
-         return_intermediates: bool) -> Tensor | tuple[Tensor, dict[int, Tensor]]:
-    plan = jump_betas(schedule, steps)
-    frames: dict[int, Tensor] = {}
-    desc = "reverse SDE" if kind == "sde" else "probability-flow ODE"
-    for i, (t, beta) in enumerate(progress_bar(plan, desc=desc, disable=not progress, leave=False)):
-        if return_intermediates:
-            frames[t] = x.detach().cpu()
+               generator: torch.Generator | None, progress: bool,
+               return_intermediates: bool) -> Tensor | tuple[Tensor, dict[int, Tensor]]:
+    betas = dict(jump_betas(schedule, steps))
+    ts = list(betas)
+
+    def step(x: Tensor, t: int, t_prev: int) -> Tensor:
         if kind == "sde":
-            x = reverse_sde_step(model, x, t, beta, last=i == len(plan) - 1, generator=generator)
-        else:
-            x = probability_flow_step(model, x, t, beta)
+            return reverse_sde_step(model, x, t, betas[t], last=t_prev < 0, generator=generator)
+        return probability_flow_step(model, x, t, betas[t])
+
+    out = _walk(ts, x, step, desc="reverse SDE" if kind == "sde" else "probability-flow ODE", progress=progress,
+                return_intermediates=return_intermediates)
     if return_intermediates:
-        frames[-1] = x.detach().cpu()
-    return (x, frames) if return_intermediates else x
+        out[1][-1] = out[0].detach().cpu()
+    return out
 
 
 @torch.no_grad()
@@ -205,7 +194,7 @@ def reverse_sde_sample(
     adds no noise. ``x_T`` replaces the starting noise. With ``return_intermediates`` also returns {t: x before the
     step at t} and {−1: the output} (CPU).
     """
-    x = _start_noise(model, shape, generator, device, x_T)
+    x = _initial_noise(model, shape, generator, device, x_T)
     return _run_chain("sde", model, schedule, x, steps, generator, progress, return_intermediates)
 
 
@@ -228,5 +217,5 @@ def probability_flow_sample(
     randomness is the starting noise (``generator``, or ``x_T``). With ``return_intermediates`` also returns
     {t: x before the step at t} and {−1: the output} (CPU).
     """
-    x = _start_noise(model, shape, generator, device, x_T)
+    x = _initial_noise(model, shape, generator, device, x_T)
     return _run_chain("ode", model, schedule, x, steps, generator, progress, return_intermediates)

@@ -36,9 +36,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .diffusion import predict_eps, predict_x0, randn
-from .progress import progress_bar
-from .samplers import Spacing, _default_device, ddim_timesteps
+from .diffusion import predict_eps, predict_x0
+from .samplers import Spacing, _initial_noise, _walk, ddim_timesteps
 from .schedule import NoiseSchedule, as_timesteps
 
 __all__ = [
@@ -175,14 +174,6 @@ def karras_heun_step(
     return alpha_next * x_bar_next
 
 
-def _initial_noise(model: nn.Module, shape: Sequence[int], generator: torch.Generator | None,
-                   device: torch.device | str | None, x_T: Tensor | None) -> Tensor:
-    device = _default_device(model, device)
-    if x_T is None:
-        return randn(tuple(shape), generator=generator, like=torch.empty(0, device=device))
-    return x_T.to(device)
-
-
 @torch.no_grad()
 def dpm_solver_pp_2m_sample(
     model: nn.Module,
@@ -207,32 +198,27 @@ def dpm_solver_pp_2m_sample(
     ``thresholding=True, sample_max_value=1.0``). With ``return_intermediates`` also returns {t: x_t} (CPU) for every
     visited t.
     """
-    ts = solver_timesteps(schedule, steps, spacing)
-    x = _initial_noise(model, shape, generator, device, x_T)
-    frames: dict[int, Tensor] = {}
-    last: tuple[int, Tensor] | None = None
-    for i, t in enumerate(progress_bar(ts, desc="DPM-Solver++(2M)", disable=not progress, leave=False)):
-        if return_intermediates:
-            frames[t] = x.detach().cpu()
-        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+    last: tuple[int, Tensor] | None = None  # (t, x̂0) of the step before
+
+    def step(x: Tensor, t: int, t_prev: int) -> Tensor:
+        nonlocal last
         x, x0 = dpm_solver_pp_2m_step(model, x, t, t_prev, schedule, last=last, clip_x0=clip_x0)
         last = (t, x0)
-    return (x, frames) if return_intermediates else x
+        return x
+
+    return _walk(solver_timesteps(schedule, steps, spacing), _initial_noise(model, shape, generator, device, x_T), step,
+                 desc="DPM-Solver++(2M)", progress=progress, return_intermediates=return_intermediates)
 
 
 def _karras_sample(model: nn.Module, schedule: NoiseSchedule, shape: Sequence[int], *, steps: int, spacing: Spacing,
                    generator: torch.Generator | None, device: torch.device | str | None, clip_x0: bool, progress: bool,
                    return_intermediates: bool, x_T: Tensor | None, second_order: bool) -> Tensor | Intermediates:
-    ts = solver_timesteps(schedule, steps, spacing)
-    x = _initial_noise(model, shape, generator, device, x_T)
-    frames: dict[int, Tensor] = {}
-    desc = "Heun (Karras)" if second_order else "Euler (Karras)"
-    for i, t in enumerate(progress_bar(ts, desc=desc, disable=not progress, leave=False)):
-        if return_intermediates:
-            frames[t] = x.detach().cpu()
-        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-        x = karras_heun_step(model, x, t, t_prev, schedule, clip_x0=clip_x0, second_order=second_order)
-    return (x, frames) if return_intermediates else x
+    def step(x: Tensor, t: int, t_prev: int) -> Tensor:
+        return karras_heun_step(model, x, t, t_prev, schedule, clip_x0=clip_x0, second_order=second_order)
+
+    return _walk(solver_timesteps(schedule, steps, spacing), _initial_noise(model, shape, generator, device, x_T), step,
+                 desc="Heun (Karras)" if second_order else "Euler (Karras)", progress=progress,
+                 return_intermediates=return_intermediates)
 
 
 @torch.no_grad()

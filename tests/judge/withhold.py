@@ -31,9 +31,10 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "train_step": ("train_step_stats",),
     "p_sample": ("p_sample_loop", "denoise"),
     # the few-step solvers (ddpm_ref.solvers): Euler in (x̄, σ̄) is DDIM with η = 0, and the first step of
-    # DPM-Solver++(2M) and Heun's step without its corrector are DDIM steps
+    # DPM-Solver++(2M) and Heun's step without its corrector are DDIM steps; every sampler's loop over its grid
+    # (ddpm_ref.samplers._walk) is most of ddim_sample
     "ddim_step": ("denoise", "karras_heun_step", "dpm_solver_pp_2m_step"),
-    "ddim_sample": ("karras_euler_sample", "_karras_sample", "karras_heun_step", "dpm_solver_pp_2m_step"),
+    "ddim_sample": ("karras_euler_sample", "_karras_sample", "karras_heun_step", "dpm_solver_pp_2m_step", "_walk"),
     "psnr": ("psnr_per_image",),
     "ssim": ("ssim_per_image",),
     "guided_eps": ("GuidedModel",),
@@ -43,8 +44,8 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "heun_sample": ("_heun_step", "_integrate", "_velocity", "_start"),
     "score_from_eps": ("ScoreFromEps", "dsm_target"),
     "dsm_loss": ("dsm_target",),
-    "reverse_sde_sample": ("reverse_sde_step", "jump_betas", "_run_chain", "_start_noise", "_score_at"),
-    "probability_flow_sample": ("probability_flow_step", "jump_betas", "_run_chain", "_start_noise", "_score_at"),
+    "reverse_sde_sample": ("reverse_sde_step", "jump_betas", "_run_chain", "_score_at"),
+    "probability_flow_sample": ("probability_flow_step", "jump_betas", "_run_chain", "_score_at"),
     # latent diffusion (ddpm_ref.vae, ddpm_ref.dit): encode_latents draws z ~ q(z | x) by the trick, and vae_loss
     # with recon = x is the KL alone. A DiT stays: it builds its blocks with the `block` it is given, and its default,
     # DiTBlock, is the stub (the outcome check trains a DiT of the student's blocks in the student's process)
