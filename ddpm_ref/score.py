@@ -159,19 +159,20 @@ def probability_flow_step(model: nn.Module, x: Tensor, t: int, beta: float) -> T
 def _run_chain(kind: str, model: nn.Module, schedule: NoiseSchedule, x: Tensor, steps: int | None,
                generator: torch.Generator | None, progress: bool,
                return_intermediates: bool) -> Tensor | tuple[Tensor, dict[int, Tensor]]:
-    betas = dict(jump_betas(schedule, steps))
-    ts = list(betas)
+    betas = dict(jump_betas(schedule, steps))  # {t: β of the jump from t}, in the order visited
 
     def step(x: Tensor, t: int, t_prev: int) -> Tensor:
         if kind == "sde":
             return reverse_sde_step(model, x, t, betas[t], last=t_prev < 0, generator=generator)
         return probability_flow_step(model, x, t, betas[t])
 
-    out = _walk(ts, x, step, desc="reverse SDE" if kind == "sde" else "probability-flow ODE", progress=progress,
-                return_intermediates=return_intermediates)
-    if return_intermediates:
-        out[1][-1] = out[0].detach().cpu()
-    return out
+    out = _walk(list(betas), x, step, desc="reverse SDE" if kind == "sde" else "probability-flow ODE",
+                progress=progress, return_intermediates=return_intermediates)
+    if not return_intermediates:
+        return out
+    x, frames = out
+    frames[-1] = x.detach().cpu()
+    return x, frames
 
 
 @torch.no_grad()

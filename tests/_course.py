@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
 from pathlib import Path
@@ -36,8 +37,10 @@ def live_script(page: str, marker: str) -> list[str]:
     return re.findall(pattern, page)
 
 
+@functools.cache
 def exercise_lessons() -> dict[str, str]:
-    """{exercise: lesson} from the solution notebooks' answer cells (``solution`` cells that are not graded)."""
+    """{exercise: lesson} from the solution notebooks' answer cells (``solution`` cells that are not graded), in
+    course order."""
     import nbformat
 
     out: dict[str, str] = {}

@@ -32,6 +32,7 @@ proves both lists against the registered checks.
 from __future__ import annotations
 
 import textwrap
+from collections import Counter
 from dataclasses import dataclass
 
 __all__ = ["ALTERNATIVES", "CHEATS", "MISTAKES", "Alternative", "Mistake", "by_name", "hidden_checks",
@@ -2581,21 +2582,18 @@ def riding_variants(lesson_of: dict[str, str]) -> dict[str, int]:
     {variant name: K}, the K-th round of mistakes of its lesson (1-based) being one where its exercise has no mistake
     left. ``lesson_of`` maps each exercise to its lesson; a variant whose exercise has no free round is left out (the
     judge's own test grades it)."""
-    per_exercise: dict[str, int] = {}
-    for m in [*MISTAKES, *CHEATS]:
-        per_exercise[m.exercise] = per_exercise.get(m.exercise, 0) + 1
-    rounds: dict[str, int] = {}
+    per_exercise = Counter(m.exercise for m in [*MISTAKES, *CHEATS])
+    rounds: Counter[str] = Counter()  # {lesson: its rounds of mistakes}
     for exercise, n in per_exercise.items():
         if exercise in lesson_of:
-            rounds[lesson_of[exercise]] = max(rounds.get(lesson_of[exercise], 0), n)
+            rounds[lesson_of[exercise]] = max(rounds[lesson_of[exercise]], n)
     placed: dict[str, int] = {}
-    used: dict[str, int] = {}
+    used: Counter[str] = Counter()
     for alt in ALTERNATIVES:
-        lesson = lesson_of.get(alt.exercise)
-        k = per_exercise.get(alt.exercise, 0) + used.get(alt.exercise, 0) + 1
-        if lesson is not None and k <= rounds.get(lesson, 0):
+        k = per_exercise[alt.exercise] + used[alt.exercise] + 1
+        if alt.exercise in lesson_of and k <= rounds[lesson_of[alt.exercise]]:
             placed[alt.name] = k
-            used[alt.exercise] = used.get(alt.exercise, 0) + 1
+            used[alt.exercise] += 1
     return placed
 
 

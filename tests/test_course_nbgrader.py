@@ -43,7 +43,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tests._course import ROOT, SOLUTIONS, live_script, load_release, load_site
+from tests._course import ROOT, SOLUTIONS, exercise_lessons, live_script, load_release, load_site
 from tests.mistakes import ALTERNATIVES, CHEATS, MISTAKES, Alternative, Mistake, hidden_checks, riding_variants
 
 pytestmark = pytest.mark.slow
@@ -79,17 +79,13 @@ def solution_cell(nb: nbformat.NotebookNode, exercise: str):
     return cells[0]
 
 
-def exercises_of(nb: nbformat.NotebookNode) -> list[str]:
-    return [nbgrader_meta(c)["grade_id"] for c in nb.cells
-            if nbgrader_meta(c).get("solution") and not nbgrader_meta(c).get("grade")]
-
-
 def grade_ids(nb: nbformat.NotebookNode) -> set[str]:
     return {nbgrader_meta(c)["grade_id"] for c in nb.cells if nbgrader_meta(c).get("grade")}
 
 
 def lesson_of_exercise() -> dict[str, str]:
-    return {ex: lesson for lesson in LESSONS for ex in exercises_of(read_solution(lesson))}
+    """{exercise: lesson} for the graded lessons."""
+    return {ex: lesson for ex, lesson in exercise_lessons().items() if lesson in LESSONS}
 
 
 #: the mistakes and cheats of the graded lessons

@@ -222,13 +222,6 @@ def test_the_students_process_cannot_touch_the_verdict() -> None:
 # ------------------------------------------------------------------------------------------------ correct variants
 
 
-def _lesson_of(exercise: str) -> str:
-    for lesson in sorted(p.name for p in SOLUTIONS.iterdir() if (p / f"{p.name}.ipynb").is_file()):
-        if any((c.metadata.get("nbgrader") or {}).get("grade_id") == exercise for c in _lesson(lesson).cells):
-            return lesson
-    raise KeyError(exercise)
-
-
 #: the variants this module grades: those that do not ride in the nbgrader proof's mistake submissions
 #: (tests/test_course_nbgrader.py grades those through real nbgrader, the same judge)
 JUDGED_HERE = [a for a in ALTERNATIVES if a.name not in riding_variants(exercise_lessons())]
@@ -241,7 +234,7 @@ def test_a_correct_variant_keeps_full_marks_through_the_judge(variant) -> None:
     """Every correct variant of tests/mistakes.py, written differently from ddpm_ref, passes every check of its
     exercise when the judge grades it (its proxies, copies and withheld reference change no verdict); the ones that
     ride in the nbgrader proof are graded there."""
-    lesson = _lesson_of(variant.exercise)
+    lesson = exercise_lessons()[variant.exercise]
     verdicts = grade_exercise(_with(_lesson(lesson), variant.exercise, variant.source), SOLUTIONS / lesson,
                               variant.exercise)
     assert all(v.passed for v in verdicts.values()), {k: v.text for k, v in verdicts.items() if not v.passed}
