@@ -69,7 +69,7 @@ ALLOWED: dict[str, str] = {
 }
 
 #: reference objects that do an exercise's whole job under another name
-ALIASES: dict[str, tuple[str, ...]] = {"sample": ("p_sample_loop",), "ddim_sample": ("karras_euler_sample",)}
+ALIASES: dict[str, tuple[str, ...]] = {"sample": ("p_sample_loop",), "ddim_sample": ("karras_euler_sample", "_walk")}
 
 _TRAMPOLINE = "__ddpm_course_tripwire__"
 

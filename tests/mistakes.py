@@ -1126,6 +1126,22 @@ CHEATS: list[Mistake] = [
                             device=device, clip_x0=clip_x0, progress=progress,
                             return_intermediates=return_intermediates, x_T=x_T)
            """, _CALLS_REF),
+    _cheat("cheat_private_loop_helper", "ddim_sample",
+           "drives ddim_step with the reference samplers' private grid loop (ddpm_ref.samplers._walk)",
+           """
+           import ddpm_ref.samplers as S
+
+
+           def ddim_sample(model, schedule, shape, *, steps=50, eta=0.0, spacing="trailing", generator=None,
+                           device=None, clip_x0=True, progress=True, return_intermediates=False, x_T=None):
+               x = x_T.clone() if x_T is not None else torch.randn(tuple(shape), generator=generator)
+
+               def step(x, t, t_prev):
+                   return ddim_step(model, x, t, t_prev, schedule, eta=eta, clip_x0=clip_x0, generator=generator)
+
+               return S._walk(ddim_timesteps(schedule.T, steps, spacing), x, step, desc="DDIM", progress=progress,
+                              return_intermediates=return_intermediates)
+           """, _CALLS_REF),
     _cheat("cheat_subclass", "UNet", "subclasses the reference class",
            "import ddpm_ref\n\n\nclass UNet(ddpm_ref.UNet):\n    pass", "subclasses the reference"),
     _cheat("cheat_wraps_reference_module", "SelfAttention", "a module that builds the reference module inside",
